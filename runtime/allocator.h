@@ -1,0 +1,123 @@
+// The caching allocator: device (and host) memory is taken from the system
+// once and reused, because cudaMalloc/cudaFree synchronize the device and cost
+// tens of microseconds each.
+//
+// Blocks are rounded up to size classes (512 B steps below 1 MiB, 2 MiB steps
+// above) and cached per (device, stream) after free: a block freed on stream S
+// is reused first by allocations on S, which is safe without events because
+// S executes in order. Reusing it on another stream requires the freeing
+// stream to be recorded (record_stream), as in PyTorch.
+//
+// When the backing allocation fails, the cache is emptied and the request
+// retried once; if it still fails, OutOfMemory is thrown with the requested,
+// free, in-use and reserved bytes, and the allocator remains usable.
+//
+// KILN_NO_CACHING_ALLOCATOR=1 (read once, here) bypasses the cache so that
+// compute-sanitizer sees every allocation.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+
+#include "kernels/common.h"
+#include "runtime/device.h"
+
+namespace kiln {
+
+struct AllocatorStats {
+  size_t in_use = 0;         ///< bytes handed out and not yet freed (rounded sizes)
+  size_t reserved = 0;       ///< bytes obtained from the backing (in use + cached)
+  size_t peak_in_use = 0;    ///< high-water mark of in_use
+  size_t peak_reserved = 0;  ///< high-water mark of reserved
+  size_t backing_allocs = 0; ///< calls to cudaMalloc / host malloc
+  size_t backing_frees = 0;  ///< calls to cudaFree / host free
+  size_t cache_hits = 0;     ///< allocations served from the cache
+};
+
+/// Where the bytes really come from. CUDA: cudaMalloc/cudaFree on one device.
+/// Host: aligned malloc with an optional byte limit (so the CPU backend can be
+/// capped like a GPU, and the OOM path is testable without a GPU).
+class Backing {
+ public:
+  virtual ~Backing() = default;
+  /// Returns nullptr when out of memory (never throws for OOM).
+  virtual void* allocate(size_t bytes) = 0;
+  virtual void release(void* p, size_t bytes) = 0;
+  /// Free bytes on the device as the system sees them (for OOM messages).
+  virtual size_t free_bytes() const = 0;
+  virtual std::string name() const = 0;
+};
+
+std::unique_ptr<Backing> make_host_backing(size_t limit_bytes = 0 /* 0 = unlimited */);
+std::unique_ptr<Backing> make_cuda_backing(int device);
+
+class CachingAllocator {
+ public:
+  explicit CachingAllocator(std::unique_ptr<Backing> backing, bool caching = true);
+  ~CachingAllocator();
+  CachingAllocator(const CachingAllocator&) = delete;
+  CachingAllocator& operator=(const CachingAllocator&) = delete;
+
+  /// Returns at least `bytes` bytes (256-byte aligned) usable on `stream`.
+  /// bytes == 0 returns nullptr.
+  void* allocate(size_t bytes, cudaStream_t stream = nullptr);
+  /// Returns p to the cache (or to the backing when caching is off).
+  void free(void* p);
+  /// Returns every cached (unused) block to the backing.
+  void empty_cache();
+  AllocatorStats stats() const;
+  void reset_peak();
+  /// The size class a request of `bytes` is rounded to.
+  static size_t round_size(size_t bytes);
+  bool caching() const { return caching_; }
+  const Backing& backing() const { return *backing_; }
+
+ private:
+  struct Block {
+    void* ptr;
+    size_t size;
+    cudaStream_t stream;
+  };
+  void* allocate_locked(size_t size, cudaStream_t stream);
+  void empty_cache_locked();
+
+  std::unique_ptr<Backing> backing_;
+  bool caching_;
+  mutable std::mutex mu_;
+  std::multimap<std::pair<uintptr_t, size_t>, void*> free_blocks_;
+  std::unordered_map<void*, Block> live_;
+  std::unordered_map<void*, Block> cached_;
+  AllocatorStats stats_;
+};
+
+/// The process-wide allocator for a device (created on first use).
+CachingAllocator& allocator_for(Device d);
+
+/// Page-locked host memory for fast, asynchronous host<->device copies (data
+/// loading). Falls back to ordinary memory when there is no GPU.
+class PinnedBuffer {
+ public:
+  PinnedBuffer() = default;
+  explicit PinnedBuffer(size_t bytes);
+  ~PinnedBuffer();
+  PinnedBuffer(PinnedBuffer&& o) noexcept;
+  PinnedBuffer& operator=(PinnedBuffer&& o) noexcept;
+  PinnedBuffer(const PinnedBuffer&) = delete;
+  PinnedBuffer& operator=(const PinnedBuffer&) = delete;
+  void* data() { return ptr_; }
+  const void* data() const { return ptr_; }
+  size_t size() const { return bytes_; }
+  bool pinned() const { return pinned_; }
+
+ private:
+  void* ptr_ = nullptr;
+  size_t bytes_ = 0;
+  bool pinned_ = false;
+};
+
+}  // namespace kiln

@@ -1,0 +1,102 @@
+#include "nn/module.h"
+
+#include <sstream>
+
+namespace kiln::nn {
+
+void Module::train(bool on) { set_training(on); }
+
+void Module::set_training(bool on) {
+  training_ = on;
+  for (auto& c : children_) c.second->set_training(on);
+}
+
+Parameter& Module::register_parameter(const std::string& name, Tensor value, bool decay) {
+  auto p = std::make_unique<Parameter>();
+  p->name = name;
+  p->value = std::move(value);
+  p->value.set_name(name);
+  p->grad = Tensor::zeros(p->value.shape(), p->value.dtype(), p->value.device(), name + ".grad");
+  p->decay = decay;
+  params_.push_back(std::move(p));
+  local_names_.push_back(name);
+  return *params_.back();
+}
+
+void Module::register_module(const std::string& name, Module* child) {
+  KILN_CHECK(child != nullptr, "register_module('" << name << "'): null module");
+  children_.emplace_back(name, child);
+}
+
+void Module::collect(const std::string& prefix, std::vector<Parameter*>& out) {
+  // Full names depend on where a module sits in the tree, so they are
+  // recomputed from the local names on every walk.
+  for (size_t i = 0; i < params_.size(); ++i) {
+    Parameter* p = params_[i].get();
+    const std::string full = prefix + local_names_[i];
+    if (p->name != full) {
+      p->name = full;
+      p->value.set_name(full);
+      p->grad.set_name(full + ".grad");
+    }
+    out.push_back(p);
+  }
+  for (auto& c : children_) c.second->collect(prefix + c.first + ".", out);
+}
+
+std::vector<Parameter*> Module::parameters() {
+  std::vector<Parameter*> out;
+  collect("", out);
+  return out;
+}
+
+int64_t Module::num_parameters() {
+  int64_t n = 0;
+  for (Parameter* p : parameters()) n += p->value.numel();
+  return n;
+}
+
+void Module::zero_grad() {
+  for (Parameter* p : parameters()) p->grad.zero_();
+}
+
+void Module::to(Device device, DType master, DType compute) {
+  for (Parameter* p : parameters()) {
+    Tensor v = p->value.device() == device ? p->value : p->value.to(device);
+    if (v.dtype() != master) v = v.cast(master);
+    v.set_name(p->name);
+    p->value = v;
+    p->grad = Tensor::zeros(v.shape(), master, device, p->name + ".grad");
+    if (compute == DType::bf16) {
+      p->lowp = v.cast(DType::bf16);
+      p->lowp.set_name(p->name + ".bf16");
+    } else {
+      p->lowp = Tensor();
+    }
+  }
+  set_placement(device, compute);
+}
+
+void Module::set_placement(Device d, DType compute) {
+  device_ = d;
+  compute_ = compute;
+  on_device_change();
+  for (auto& c : children_) c.second->set_placement(d, compute);
+}
+
+std::string Module::summary() {
+  std::ostringstream os;
+  std::function<void(Module*, const std::string&, int)> walk = [&](Module* m, const std::string& name, int depth) {
+    int64_t own = 0;
+    for (auto& p : m->params_) own += p->value.numel();
+    os << std::string(2 * depth, ' ') << (name.empty() ? "" : name + ": ") << m->describe();
+    if (own) os << "  [" << own << " params]";
+    os << "\n";
+    for (auto& c : m->children_) walk(c.second, c.first, depth + 1);
+  };
+  walk(this, "", 0);
+  os << "total parameters: " << num_parameters() << "\n";
+  return os.str();
+}
+
+}  // namespace kiln::nn

@@ -8,10 +8,18 @@
 // normal: Box-Muller on two uniforms drawn from counter (offset + i/2) words
 //         (2·(i%2), 2·(i%2)+1), with log and sincos computed by kiln's own
 //         fmaf-only polynomials so host and device round identically.
+// A fill of n elements consumes ceil(n/4) counters (uniform) or ceil(n/2)
+// (normal); the next draw starts at offset + that many.
 #pragma once
 
 #include <cmath>
 #include <cstdint>
+
+// Fast-math would replace the IEEE division and sqrt below with approximations
+// on the device only, and CPU and GPU streams would drift apart.
+#if defined(__CUDACC__) && defined(__USE_FAST_MATH__)
+#error "runtime/philox.h must not be compiled with --use_fast_math"
+#endif
 
 #if defined(__CUDACC__)
 #define KILN_HD __host__ __device__ __forceinline__
@@ -31,27 +39,40 @@ KILN_HD uint32_t philox_mulhilo(uint32_t a, uint32_t b, uint32_t* hi) {
   return static_cast<uint32_t>(p);
 }
 
-/// The 4 words for (seed, counter).
-KILN_HD Philox4 philox4x32(uint64_t seed, uint64_t counter) {
-  uint32_t c0 = static_cast<uint32_t>(counter), c1 = static_cast<uint32_t>(counter >> 32), c2 = 0, c3 = 0;
-  uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
+/// The full Philox4x32-10 bijection: a 128-bit counter and a 64-bit key to
+/// 128 random bits (Random123's philox4x32_10; its known-answer vectors are
+/// checked in tests/runtime/rng_test.cpp).
+KILN_HD Philox4 philox4x32_10(Philox4 ctr, uint32_t k0, uint32_t k1) {
+  uint32_t c0 = ctr.v[0], c1 = ctr.v[1], c2 = ctr.v[2], c3 = ctr.v[3];
   for (int r = 0; r < 10; ++r) {
     uint32_t hi0, hi1;
     uint32_t lo0 = philox_mulhilo(0xD2511F53u, c0, &hi0);
     uint32_t lo1 = philox_mulhilo(0xCD9E8D57u, c2, &hi1);
     uint32_t n0 = hi1 ^ c1 ^ k0, n1 = lo1, n2 = hi0 ^ c3 ^ k1, n3 = lo0;
     c0 = n0; c1 = n1; c2 = n2; c3 = n3;
-    k0 += 0x9E3779B9u;
+    k0 += 0x9E3779B9u;  // the key bump after the last round is unused, as in Random123
     k1 += 0xBB67AE85u;
   }
   return Philox4{{c0, c1, c2, c3}};
+}
+
+/// The 4 words for (seed, counter): counter in the low 64 bits, seed as key.
+KILN_HD Philox4 philox4x32(uint64_t seed, uint64_t counter) {
+  Philox4 ctr{{static_cast<uint32_t>(counter), static_cast<uint32_t>(counter >> 32), 0u, 0u}};
+  return philox4x32_10(ctr, static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
+}
+
+/// One random word to a uniform in [0, 1): the top 24 bits times 2^-24, an
+/// exact conversion on every device.
+KILN_HD float philox_word_to_uniform(uint32_t w) {
+  return static_cast<float>(w >> 8) * (1.0f / 16777216.0f);
 }
 
 /// Uniform in [0, 1) with 24 random bits (exactly representable, so the same
 /// on every device).
 KILN_HD float philox_uniform(uint64_t seed, uint64_t offset, uint64_t i) {
   Philox4 r = philox4x32(seed, offset + i / 4);
-  return static_cast<float>(r.v[i % 4] >> 8) * (1.0f / 16777216.0f);
+  return philox_word_to_uniform(r.v[i % 4]);
 }
 
 // --- deterministic math for Box-Muller ----------------------------------
@@ -82,8 +103,9 @@ KILN_HD float kiln_logf(float x) {
 /// sin and cos of 2π·u for u in [0, 1): reduce to a quarter turn, then
 /// Taylor polynomials on [-π/4, π/4].
 KILN_HD void kiln_sincos_2pi(float u, float* s, float* c) {
-  // q = nearest quarter turn, r in [-1/8, 1/8] turns
-  const float q = std::floor(u * 4.0f + 0.5f);
+  // q = nearest quarter turn, r in [-1/8, 1/8] turns. u·4 is exact, so the
+  // fmaf rounds once, as a separate multiply and add would.
+  const float q = std::floor(fmaf(u, 4.0f, 0.5f));
   const float r = fmaf(q, -0.25f, u);
   const float x = r * 6.28318530718f;
   const float x2 = x * x;
@@ -109,17 +131,23 @@ KILN_HD void kiln_sincos_2pi(float u, float* s, float* c) {
   }
 }
 
-/// Standard normal sample for element i of the stream (seed, offset).
-KILN_HD float philox_normal(uint64_t seed, uint64_t offset, uint64_t i) {
-  Philox4 r = philox4x32(seed, offset + i / 2);
-  const int w = static_cast<int>(i % 2) * 2;
-  // u1 in (0, 1]: never log(0)
-  const float u1 = static_cast<float>((r.v[w] >> 8) + 1u) * (1.0f / 16777216.0f);
-  const float u2 = static_cast<float>(r.v[w + 1] >> 8) * (1.0f / 16777216.0f);
+/// Box-Muller on two random words: sqrt(-2 ln u1) · cos(2π u2), u1 in (0, 1]
+/// (never log(0)), u2 in [0, 1). Only the cosine branch is used, so a
+/// counter's 4 words give 2 normals.
+KILN_HD float philox_words_to_normal(uint32_t w1, uint32_t w2) {
+  const float u1 = static_cast<float>((w1 >> 8) + 1u) * (1.0f / 16777216.0f);
+  const float u2 = philox_word_to_uniform(w2);
   const float rad = std::sqrt(-2.0f * kiln_logf(u1));
   float s, c;
   kiln_sincos_2pi(u2, &s, &c);
   return rad * c;
+}
+
+/// Standard normal sample for element i of the stream (seed, offset).
+KILN_HD float philox_normal(uint64_t seed, uint64_t offset, uint64_t i) {
+  Philox4 r = philox4x32(seed, offset + i / 2);
+  const int w = static_cast<int>(i % 2) * 2;
+  return philox_words_to_normal(r.v[w], r.v[w + 1]);
 }
 
 }  // namespace kiln

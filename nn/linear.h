@@ -1,0 +1,37 @@
+// Linear: y = x · Wᵀ + b, W of shape (out, in) as in PyTorch (so weights
+// export with the usual layout). x may have any leading dims: (..., in).
+#pragma once
+
+#include "nn/module.h"
+
+namespace kiln::nn {
+
+class Linear : public Module {
+ public:
+  /// Weights drawn from U(-1/√in, 1/√in) (PyTorch's default) with the Philox
+  /// stream (seed, offset); callers that want another init overwrite them.
+  Linear(int64_t in, int64_t out, bool bias, uint64_t seed, uint64_t offset);
+
+  /// x (..., in) -> y (..., out)
+  Tensor forward(const Tensor& x) override;
+  /// dy (..., out) -> dx (..., in); dW += dyᵀ·x, db += Σ dy.
+  Tensor backward(const Tensor& dy) override;
+  std::string describe() const override;
+
+  /// The first layer of a network does not need dx: skipping it saves a
+  /// third of that layer's backward FLOPs.
+  void set_needs_input_grad(bool v) { needs_input_grad_ = v; }
+  Parameter& weight() { return *weight_; }
+  Parameter* bias() { return bias_; }
+  int64_t in_features() const { return in_; }
+  int64_t out_features() const { return out_; }
+
+ private:
+  int64_t in_, out_;
+  Parameter* weight_ = nullptr;
+  Parameter* bias_ = nullptr;
+  bool needs_input_grad_ = true;
+  Tensor x_;  // saved input (rows, in)
+};
+
+}  // namespace kiln::nn

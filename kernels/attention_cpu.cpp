@@ -1,0 +1,131 @@
+// CPU references for fused attention (see kernels/attention.h for the layout).
+// Plain math, one query row of scores at a time: O(B·H·T²·D) work and O(T)
+// scratch. These are the ground truth the CUDA kernels are tested against and
+// the CPU backend's attention; double serves the finite-difference checks.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "kernels/attention.h"
+#include "runtime/error.h"
+
+namespace kiln {
+
+namespace {
+
+void check_args(const char* who, int B, int T, int H, int D, int64_t stride) {
+  KILN_CHECK(B >= 0 && T >= 0 && H >= 0 && D >= 1,
+             who << ": bad shape B=" << B << " T=" << T << " H=" << H << " D=" << D);
+  KILN_CHECK(stride >= static_cast<int64_t>(H) * D,
+             who << ": row stride " << stride << " is smaller than H·D = " << static_cast<int64_t>(H) * D);
+}
+
+// Number of keys query i may see.
+inline int visible_keys(int i, int T, bool causal) { return causal ? i + 1 : T; }
+
+}  // namespace
+
+template <typename Real>
+void attention_forward_cpu(Real* out, Real* lse, const Real* q, const Real* k, const Real* v, int B, int T, int H,
+                           int D, int64_t stride, float scale, bool causal) {
+  check_args("attention_forward_cpu", B, T, H, D, stride);
+  const Real sc = static_cast<Real>(scale);
+  const int64_t C = static_cast<int64_t>(H) * D;
+  std::vector<Real> s(static_cast<size_t>(T));  // one row of scores
+  for (int b = 0; b < B; ++b) {
+    for (int h = 0; h < H; ++h) {
+      for (int i = 0; i < T; ++i) {
+        const Real* qi = q + (static_cast<int64_t>(b) * T + i) * stride + static_cast<int64_t>(h) * D;  // (D)
+        const int n = visible_keys(i, T, causal);
+        Real m = -std::numeric_limits<Real>::infinity();
+        for (int j = 0; j < n; ++j) {
+          const Real* kj = k + (static_cast<int64_t>(b) * T + j) * stride + static_cast<int64_t>(h) * D;
+          Real dot = 0;
+          for (int d = 0; d < D; ++d) dot += qi[d] * kj[d];
+          s[j] = sc * dot;
+          m = std::max(m, s[j]);
+        }
+        // Softmax with the max subtracted (n >= 1, so m is finite for finite inputs).
+        Real l = 0;
+        for (int j = 0; j < n; ++j) {
+          s[j] = std::exp(s[j] - m);
+          l += s[j];
+        }
+        Real* oi = out + (static_cast<int64_t>(b) * T + i) * C + static_cast<int64_t>(h) * D;  // (D)
+        for (int d = 0; d < D; ++d) oi[d] = 0;
+        for (int j = 0; j < n; ++j) {
+          const Real* vj = v + (static_cast<int64_t>(b) * T + j) * stride + static_cast<int64_t>(h) * D;
+          const Real p = s[j] / l;
+          for (int d = 0; d < D; ++d) oi[d] += p * vj[d];
+        }
+        lse[(static_cast<int64_t>(b) * H + h) * T + i] = m + std::log(l);
+      }
+    }
+  }
+}
+
+template <typename Real>
+void attention_backward_cpu(Real* dq, Real* dk, Real* dv, const Real* dout, const Real* q, const Real* k,
+                            const Real* v, const Real* out, const Real* lse, int B, int T, int H, int D,
+                            int64_t stride, float scale, bool causal) {
+  check_args("attention_backward_cpu", B, T, H, D, stride);
+  const Real sc = static_cast<Real>(scale);
+  const int64_t C = static_cast<int64_t>(H) * D;
+  auto row = [&](int b, int t, int h) { return (static_cast<int64_t>(b) * T + t) * stride + static_cast<int64_t>(h) * D; };
+  auto orow = [&](int b, int t, int h) { return (static_cast<int64_t>(b) * T + t) * C + static_cast<int64_t>(h) * D; };
+  for (int b = 0; b < B; ++b) {
+    for (int h = 0; h < H; ++h) {
+      // Overwrite only this head's elements: with a fused dQKV buffer the
+      // other heads and the other two of q/k/v share the rows.
+      for (int t = 0; t < T; ++t) {
+        for (int d = 0; d < D; ++d) {
+          dq[row(b, t, h) + d] = 0;
+          dk[row(b, t, h) + d] = 0;
+          dv[row(b, t, h) + d] = 0;
+        }
+      }
+      for (int i = 0; i < T; ++i) {
+        const Real* qi = q + row(b, i, h);
+        const Real* doi = dout + orow(b, i, h);
+        const Real* oi = out + orow(b, i, h);
+        Real delta = 0;  // delta_i = dO_i · O_i = Σ_j P_ij dP_ij
+        for (int d = 0; d < D; ++d) delta += doi[d] * oi[d];
+        const Real lse_i = lse[(static_cast<int64_t>(b) * H + h) * T + i];
+        Real* dqi = dq + row(b, i, h);
+        const int n = visible_keys(i, T, causal);
+        for (int j = 0; j < n; ++j) {
+          const Real* kj = k + row(b, j, h);
+          const Real* vj = v + row(b, j, h);
+          Real s = 0, dp = 0;
+          for (int d = 0; d < D; ++d) {
+            s += qi[d] * kj[d];
+            dp += doi[d] * vj[d];
+          }
+          const Real p = std::exp(sc * s - lse_i);
+          const Real ds = p * (dp - delta);  // dL/d(scale·s)
+          Real* dkj = dk + row(b, j, h);
+          Real* dvj = dv + row(b, j, h);
+          for (int d = 0; d < D; ++d) {
+            dqi[d] += sc * ds * kj[d];
+            dkj[d] += sc * ds * qi[d];
+            dvj[d] += p * doi[d];
+          }
+        }
+      }
+    }
+  }
+}
+
+template void attention_forward_cpu<float>(float*, float*, const float*, const float*, const float*, int, int, int,
+                                           int, int64_t, float, bool);
+template void attention_forward_cpu<double>(double*, double*, const double*, const double*, const double*, int, int,
+                                            int, int, int64_t, float, bool);
+template void attention_backward_cpu<float>(float*, float*, float*, const float*, const float*, const float*,
+                                            const float*, const float*, const float*, int, int, int, int, int64_t,
+                                            float, bool);
+template void attention_backward_cpu<double>(double*, double*, double*, const double*, const double*, const double*,
+                                             const double*, const double*, const double*, int, int, int, int,
+                                             int64_t, float, bool);
+
+}  // namespace kiln

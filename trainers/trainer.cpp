@@ -1,0 +1,295 @@
+#include "trainers/trainer.h"
+
+#include <sys/stat.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <sstream>
+#include <thread>
+
+#include "data/safetensors.h"
+#include "nn/optimizer.h"
+#include "nn/schedule.h"
+#include "runtime/atomic_file.h"
+#include "runtime/blas.h"
+#include "runtime/stream.h"
+#include "trainers/checkpoint.h"
+#include "trainers/metrics.h"
+
+namespace kiln {
+
+const char* split_name(Split s) {
+  switch (s) {
+    case Split::train: return "train";
+    case Split::val: return "val";
+    case Split::test: return "test";
+  }
+  return "?";
+}
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+nn::OptimizerOptions optimizer_options(const TrainConfig& c) {
+  nn::OptimizerOptions o;
+  o.kind = c.optim.type == OptimizerType::adamw ? nn::OptimizerKind::adamw : nn::OptimizerKind::sgd;
+  o.weight_decay = c.optim.weight_decay;
+  o.beta1 = c.optim.beta1;
+  o.beta2 = c.optim.beta2;
+  o.eps = c.optim.eps;
+  o.momentum = c.optim.momentum;
+  o.nesterov = c.optim.nesterov;
+  o.no_decay_on_bias_and_norm = c.optim.no_decay_on_bias_and_norm;
+  return o;
+}
+
+nn::ScheduleConfig schedule_config(const TrainConfig& c, int64_t total_steps) {
+  nn::ScheduleConfig s;
+  switch (c.schedule.type) {
+    case LrScheduleType::constant: s.type = nn::ScheduleType::constant; break;
+    case LrScheduleType::cosine: s.type = nn::ScheduleType::cosine; break;
+    case LrScheduleType::linear: s.type = nn::ScheduleType::linear; break;
+    case LrScheduleType::step: s.type = nn::ScheduleType::step; break;
+  }
+  s.lr = c.optim.lr;
+  s.warmup_steps = c.schedule.warmup_steps;
+  s.total_steps = total_steps;
+  s.min_lr_ratio = c.schedule.min_lr_ratio;
+  s.step_size = c.schedule.step_size;
+  s.gamma = c.schedule.gamma;
+  return s;
+}
+
+StDType st_dtype(DType t) {
+  switch (t) {
+    case DType::f32: return StDType::f32;
+    case DType::bf16: return StDType::bf16;
+    case DType::f16: return StDType::f16;
+    case DType::i32: return StDType::i32;
+    case DType::u16: return StDType::u16;
+    case DType::u8: return StDType::u8;
+    case DType::f64: return StDType::f64;
+  }
+  return StDType::f32;
+}
+
+// Host copies of named tensors, kept alive while the views into them are
+// written.
+struct HostTensors {
+  std::vector<Tensor> host;
+  std::vector<StTensorView> views;
+  void add(const std::string& name, const Tensor& t) {
+    host.push_back(t.device().is_cpu() ? t : t.to(Device::cpu()));
+    const Tensor& h = host.back();
+    views.push_back(StTensorView{name, st_dtype(h.dtype()), h.shape().vec(), h.raw(), h.nbytes()});
+  }
+};
+
+// Copies a tensor read from a file into `dst` (same shape; dtype converted).
+void load_into(Tensor& dst, const StTensor& src, const std::string& name, const std::string& file) {
+  KILN_INPUT_CHECK(Shape(src.shape) == dst.shape(), file << ": tensor '" << name << "' has shape "
+                                                        << Shape(src.shape).str() << ", the model expects "
+                                                        << dst.shape().str());
+  KILN_INPUT_CHECK(src.dtype == StDType::f32, file << ": tensor '" << name << "' is " << st_dtype_name(src.dtype)
+                                                   << ", expected F32 master weights");
+  Tensor host = Tensor::empty(dst.shape(), DType::f32, Device::cpu(), name);
+  std::memcpy(host.raw(), src.data, src.nbytes);
+  dst.copy_from(dst.dtype() == DType::f32 ? host : host.cast(dst.dtype()));
+}
+
+void refresh_lowp(nn::Module& m) {
+  for (nn::Parameter* p : m.parameters())
+    if (p->lowp.defined()) p->lowp.copy_from(p->value.cast(DType::bf16));
+}
+
+int64_t resolve_threads(int threads) {
+  if (threads > 0) return threads;
+  const unsigned hw = std::thread::hardware_concurrency();
+  return hw ? hw : 1;
+}
+
+}  // namespace
+
+TrainResult train(const TrainConfig& cfg) {
+  const auto t_start = Clock::now();
+  const Device device = resolve_device(cfg.device);
+  set_current_device(device);
+  set_cpu_threads(static_cast<int>(resolve_threads(cfg.threads)));
+  DType compute = DType::f32;
+  if (cfg.precision == Precision::bf16) {
+    if (device.is_cuda()) compute = DType::bf16;
+    else std::fprintf(stderr, "kiln: precision bf16 runs as fp32 on the CPU\n");
+  }
+
+  const std::string run_dir = cfg.output_dir;
+  std::filesystem::create_directories(run_dir);
+  write_file_atomic(run_dir + "/config.yaml", to_yaml(cfg));
+
+  std::unique_ptr<Task> task = make_task(cfg, device);
+  nn::Module& model = task->model();
+  model.to(device, DType::f32, compute);
+  std::vector<nn::Parameter*> params = model.parameters();
+  nn::Optimizer optimizer(params, optimizer_options(cfg));
+
+  const int world = 1;
+  const int64_t global_batch = cfg.train.batch_size * cfg.train.grad_accum * world;
+  const int64_t steps_per_epoch = task->train_examples() / global_batch;
+  KILN_INPUT_CHECK(steps_per_epoch > 0 || cfg.train.max_steps > 0,
+                   "train.batch_size · train.grad_accum = " << global_batch << " exceeds the "
+                                                            << task->train_examples() << " training examples");
+  int64_t total_steps = cfg.train.max_steps;
+  if (cfg.train.epochs > 0) {
+    const int64_t by_epochs = cfg.train.epochs * steps_per_epoch;
+    total_steps = total_steps > 0 ? std::min(total_steps, by_epochs) : by_epochs;
+  }
+  KILN_INPUT_CHECK(total_steps > 0, "the run has no steps: set train.epochs or train.max_steps");
+  const nn::LrSchedule schedule(schedule_config(cfg, total_steps));
+
+  std::fprintf(stderr, "kiln: %s on %s (%s), %lld parameters\n", cfg.name.c_str(), device.str().c_str(),
+               compute == DType::bf16 ? "bf16" : "fp32", static_cast<long long>(model.num_parameters()));
+  std::fprintf(stderr, "kiln: data: %s\n", task->describe_data().c_str());
+  std::fprintf(stderr, "kiln: global batch %lld, %lld steps per epoch, %lld steps, run dir %s\n",
+               static_cast<long long>(global_batch), static_cast<long long>(steps_per_epoch),
+               static_cast<long long>(total_steps), run_dir.c_str());
+
+  // --- resume ---------------------------------------------------------------
+  int64_t start_step = 0;
+  if (cfg.train.resume != "none") {
+    std::optional<std::string> dir;
+    if (cfg.train.resume == "auto") dir = find_latest_valid_checkpoint(run_dir);
+    else dir = cfg.train.resume;
+    if (dir) {
+      Checkpoint ck = load_checkpoint(*dir);
+      for (nn::Parameter* p : params) load_into(p->value, ck.weights.at(p->name), p->name, ck.weights.path);
+      refresh_lowp(model);
+      std::map<std::string, Tensor> opt_state;
+      for (auto& [name, t] : optimizer.state()) {
+        Tensor host = Tensor::empty(t.shape(), DType::f32, Device::cpu(), name);
+        const StTensor& st = ck.optimizer.at(name);
+        KILN_INPUT_CHECK(st.nbytes == host.nbytes() && st.dtype == StDType::f32,
+                         ck.optimizer.path << ": tensor '" << name << "' does not match the optimizer state");
+        std::memcpy(host.raw(), st.data, st.nbytes);
+        opt_state[name] = host;
+      }
+      const nlohmann::json& s = ck.state;
+      start_step = s.at("step").get<int64_t>();
+      optimizer.load_state(opt_state, s.at("optimizer_steps").get<int64_t>());
+      task->rng().seed = s.at("rng_seed").get<uint64_t>();
+      task->rng().offset = s.at("rng_offset").get<uint64_t>();
+      task->restore_data_state(s.at("data"));
+      std::fprintf(stderr, "kiln: resumed from %s at step %lld\n", dir->c_str(), static_cast<long long>(start_step));
+    } else if (cfg.train.resume != "auto") {
+      throw InputError("train.resume: no checkpoint at '" + cfg.train.resume + "'");
+    }
+  }
+
+  MetricsWriter metrics(run_dir + "/metrics.jsonl", start_step);
+  ProgressReporter progress(total_steps, task->unit());
+
+  auto save = [&](int64_t step) {
+    HostTensors w, o;
+    for (nn::Parameter* p : params) w.add(p->name, p->value);
+    for (auto& [name, t] : optimizer.state()) o.add(name, t);
+    nlohmann::json s;
+    s["optimizer_steps"] = optimizer.steps();
+    s["rng_seed"] = task->rng().seed;
+    s["rng_offset"] = task->rng().offset;
+    s["data"] = task->data_state();
+    s["config"] = cfg.name;
+    save_checkpoint(run_dir, step, w.views, o.views, s);
+    prune_checkpoints(run_dir, static_cast<int>(cfg.train.keep_last));
+  };
+
+  auto run_eval = [&](Split split, int64_t step) {
+    model.eval();
+    TaskStats st = task->evaluate(split, split == Split::test ? 0 : cfg.train.eval_batches);
+    model.train();
+    nlohmann::json line;
+    line["step"] = step;
+    line["split"] = split_name(split);
+    line["loss"] = st.mean_loss();
+    if (task->is_classifier()) line["accuracy"] = st.accuracy();
+    metrics.write(line);
+    progress.eval_line(split_name(split), step, st.mean_loss(), task->is_classifier() ? st.accuracy() : -1.0);
+    return st;
+  };
+
+  TrainResult result;
+  result.run_dir = run_dir;
+  model.train();
+  const int64_t accum = cfg.train.grad_accum;
+  TaskStats window;
+  auto t_window = Clock::now();
+  double examples_total = 0, time_total = 0;
+  for (int64_t step = start_step; step < total_steps; ++step) {
+    const auto t_step = Clock::now();
+    model.zero_grad();
+    TaskStats st;
+    for (int64_t micro = 0; micro < accum; ++micro) st.add(task->train_micro_batch(1.0f / static_cast<float>(accum)));
+    const double norm = nn::grad_norm(params);
+    const double lr = schedule.lr(step);
+    if (!std::isfinite(norm) || !std::isfinite(st.loss_sum)) {
+      if (cfg.dist.on_nonfinite == NonfiniteAction::stop)
+        throw Error("step " + std::to_string(step + 1) + ": non-finite loss or gradient norm (dist.on_nonfinite: stop)");
+      std::fprintf(stderr, "kiln: step %lld: non-finite loss or gradient norm, step skipped\n",
+                   static_cast<long long>(step + 1));
+    } else {
+      optimizer.step(lr, nn::clip_scale(norm, cfg.optim.grad_clip));
+    }
+    window.add(st);
+    const int64_t done = step + 1;
+    if (done % cfg.train.log_every == 0 || done == total_steps) {
+      // Throughput over the logging window (synchronizes the device once).
+      if (device.is_cuda()) Stream().synchronize();
+      const double dt = seconds_since(t_window);
+      const double per_s = static_cast<double>(task->unit()[0] == 't' ? window.tokens : window.samples) / dt;
+      nlohmann::json line;
+      line["step"] = done;
+      line["split"] = "train";
+      line["loss"] = window.mean_loss();
+      line["lr"] = lr;
+      line["grad_norm"] = norm;
+      if (task->is_classifier()) line["accuracy"] = window.accuracy();
+      line[std::string(task->unit()) + "_per_s"] = per_s;
+      metrics.write(line);
+      progress.train_line(done, window.mean_loss(), lr, norm, per_s);
+      result.final_train_loss = window.mean_loss();
+      window = TaskStats();
+      t_window = Clock::now();
+    }
+    examples_total += static_cast<double>(st.samples);
+    time_total += seconds_since(t_step);
+    if (task->has_split(Split::val) && cfg.train.eval_every > 0 && done % cfg.train.eval_every == 0 &&
+        done != total_steps)
+      run_eval(Split::val, done);
+    if (cfg.train.checkpoint_every > 0 && done % cfg.train.checkpoint_every == 0 && done != total_steps) save(done);
+    result.steps = done;
+  }
+  progress.finish();
+  if (result.steps > start_step) save(result.steps);
+  if (task->has_split(Split::val)) {
+    TaskStats v = run_eval(Split::val, total_steps);
+    result.val_loss = v.mean_loss();
+    result.val_accuracy = v.accuracy();
+  }
+  if (task->has_split(Split::test)) {
+    TaskStats t = run_eval(Split::test, total_steps);
+    result.test_loss = t.mean_loss();
+    result.test_accuracy = t.accuracy();
+  }
+  result.wall_s = seconds_since(t_start);
+  result.examples_per_s = time_total > 0 ? examples_total / time_total : 0;
+  return result;
+}
+
+}  // namespace kiln

@@ -1,0 +1,65 @@
+// Global gradient L2 norm over many tensors, and the clipping scale
+//   scale = min(1, max_norm / (norm + 1e-6))
+// that the optimizer applies to every gradient (AdamWConfig::grad_scale_ptr /
+// SgdConfig::grad_scale_ptr in optimizer.h), as torch.nn.utils.clip_grad_norm_.
+//
+// GPU path: deterministic two-pass reduction. Pass 1 runs a fixed grid of
+// kNormPartials blocks; block b sums the squares of chunks b, b + grid, ... of
+// the concatenated tensors and writes one partial; pass 2 (one block) adds
+// the partials in a fixed order and writes the norm (and the scale) to device
+// memory. Nothing waits for the host: the optimizer reads the scale through a
+// pointer on the same stream.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "kernels/common.h"
+
+#if defined(__CUDACC__)
+#define KILN_NORM_HD __host__ __device__ __forceinline__
+#else
+#define KILN_NORM_HD inline
+#endif
+
+namespace kiln {
+
+/// One gradient tensor: n values at data.
+template <typename T>
+struct NormTensorT {
+  const T* data = nullptr;
+  int64_t n = 0;
+};
+using NormTensor = NormTensorT<float>;
+
+/// min(1, max_norm / (norm + 1e-6)). A NaN norm gives NaN (as torch.clamp
+/// does), an infinite norm gives 0; the trainer should check the norm is
+/// finite before stepping.
+template <typename T>
+KILN_NORM_HD T clip_scale_from_norm(T norm, T max_norm) {
+  const T c = max_norm / (norm + T(1e-6));
+  return c > T(1) ? T(1) : c;
+}
+
+// --- CPU references (T = float, double) --------------------------------------
+
+/// sqrt(Σ_k Σ_i tensors[k].data[i]²), accumulated in double, in order.
+template <typename T>
+T global_norm_cpu(const NormTensorT<T>* tensors, int64_t count);
+
+// --- CUDA launchers -------------------------------------------------------------
+
+/// Blocks of the first pass, and floats of workspace the launchers need.
+constexpr int kNormPartials = 512;
+/// Tensors per first-pass launch (24-byte descriptors in parameter space);
+/// longer lists take several launches that add into the same partials.
+constexpr int kNormTensorsPerLaunch = 1024;
+
+/// *norm (device float) = global L2 norm of the fp32 tensors (device
+/// pointers). workspace: kNormPartials device floats. Stream-ordered, no sync.
+void global_norm(float* norm, const NormTensor* tensors, int64_t count, float* workspace, cudaStream_t stream);
+/// Same, and *scale (device float) = clip_scale_from_norm(*norm, max_norm).
+void global_norm_clip(float* norm, float* scale, const NormTensor* tensors, int64_t count, float max_norm,
+                      float* workspace, cudaStream_t stream);
+
+}  // namespace kiln

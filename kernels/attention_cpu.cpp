@@ -21,6 +21,20 @@ void check_args(const char* who, int B, int T, int H, int D, int64_t stride) {
              who << ": row stride " << stride << " is smaller than H·D = " << static_cast<int64_t>(H) * D);
 }
 
+// a · b over n elements with 8 independent partial sums: a fixed order (so
+// still deterministic) that the compiler can vectorize, ~4x faster than one
+// running sum under -ffp-contract=off and strict IEEE ordering.
+template <typename Real>
+inline Real dot(const Real* a, const Real* b, int n) {
+  Real acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int d = 0;
+  for (; d + 8 <= n; d += 8)
+    for (int l = 0; l < 8; ++l) acc[l] += a[d + l] * b[d + l];
+  Real s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+  for (; d < n; ++d) s += a[d] * b[d];
+  return s;
+}
+
 // Number of keys query i may see.
 inline int visible_keys(int i, int T, bool causal) { return causal ? i + 1 : T; }
 
@@ -41,9 +55,7 @@ void attention_forward_cpu(Real* out, Real* lse, const Real* q, const Real* k, c
         Real m = -std::numeric_limits<Real>::infinity();
         for (int j = 0; j < n; ++j) {
           const Real* kj = k + (static_cast<int64_t>(b) * T + j) * stride + static_cast<int64_t>(h) * D;
-          Real dot = 0;
-          for (int d = 0; d < D; ++d) dot += qi[d] * kj[d];
-          s[j] = sc * dot;
+          s[j] = sc * dot(qi, kj, D);
           m = std::max(m, s[j]);
         }
         // Softmax with the max subtracted (n >= 1, so m is finite for finite inputs).
@@ -72,8 +84,13 @@ void attention_backward_cpu(Real* dq, Real* dk, Real* dv, const Real* dout, cons
   check_args("attention_backward_cpu", B, T, H, D, stride);
   const Real sc = static_cast<Real>(scale);
   const int64_t C = static_cast<int64_t>(H) * D;
-  auto row = [&](int b, int t, int h) { return (static_cast<int64_t>(b) * T + t) * stride + static_cast<int64_t>(h) * D; };
-  auto orow = [&](int b, int t, int h) { return (static_cast<int64_t>(b) * T + t) * C + static_cast<int64_t>(h) * D; };
+  // Offsets of row (b, t, h): q/k/v/dq/dk/dv (strided) and out/dout (contiguous).
+  auto row = [&](int b, int t, int h) {
+    return (static_cast<int64_t>(b) * T + t) * stride + static_cast<int64_t>(h) * D;
+  };
+  auto orow = [&](int b, int t, int h) {
+    return (static_cast<int64_t>(b) * T + t) * C + static_cast<int64_t>(h) * D;
+  };
   for (int b = 0; b < B; ++b) {
     for (int h = 0; h < H; ++h) {
       // Overwrite only this head's elements: with a fused dQKV buffer the
@@ -89,19 +106,15 @@ void attention_backward_cpu(Real* dq, Real* dk, Real* dv, const Real* dout, cons
         const Real* qi = q + row(b, i, h);
         const Real* doi = dout + orow(b, i, h);
         const Real* oi = out + orow(b, i, h);
-        Real delta = 0;  // delta_i = dO_i · O_i = Σ_j P_ij dP_ij
-        for (int d = 0; d < D; ++d) delta += doi[d] * oi[d];
+        const Real delta = dot(doi, oi, D);  // delta_i = dO_i · O_i = Σ_j P_ij dP_ij
         const Real lse_i = lse[(static_cast<int64_t>(b) * H + h) * T + i];
         Real* dqi = dq + row(b, i, h);
         const int n = visible_keys(i, T, causal);
         for (int j = 0; j < n; ++j) {
           const Real* kj = k + row(b, j, h);
           const Real* vj = v + row(b, j, h);
-          Real s = 0, dp = 0;
-          for (int d = 0; d < D; ++d) {
-            s += qi[d] * kj[d];
-            dp += doi[d] * vj[d];
-          }
+          const Real s = dot(qi, kj, D);
+          const Real dp = dot(doi, vj, D);
           const Real p = std::exp(sc * s - lse_i);
           const Real ds = p * (dp - delta);  // dL/d(scale·s)
           Real* dkj = dk + row(b, j, h);

@@ -175,7 +175,8 @@ Result plain_bf16_attention(const Shape& s, float scale, const std::vector<float
         }
         float rs = 0;  // softmax backward in fp32
         for (int j = 0; j < T; ++j) rs += P[i * T + j] * dP[i * T + j];
-        for (int j = 0; j < T; ++j) dS[i * T + j] = round_bf16(round_bf16(P[i * T + j] * (dP[i * T + j] - rs)) * bf_scale);
+        for (int j = 0; j < T; ++j)
+          dS[i * T + j] = round_bf16(round_bf16(P[i * T + j] * (dP[i * T + j] - rs)) * bf_scale);
       }
       for (int i = 0; i < T; ++i)
         for (int d = 0; d < D; ++d) {

@@ -7,6 +7,8 @@
 //    parameter gradients compared with the harness tolerances.
 #pragma once
 
+#include <gtest/gtest.h>
+
 #include <functional>
 #include <memory>
 #include <string>

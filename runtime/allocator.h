@@ -2,18 +2,20 @@
 // once and reused, because cudaMalloc/cudaFree synchronize the device and cost
 // tens of microseconds each.
 //
-// Blocks are rounded up to size classes (512 B steps below 1 MiB, 2 MiB steps
-// above) and cached per (device, stream) after free: a block freed on stream S
-// is reused first by allocations on S, which is safe without events because
-// S executes in order. Reusing it on another stream requires the freeing
-// stream to be recorded (record_stream), as in PyTorch.
+// Blocks are rounded up to size classes (512 B steps up to 1 MiB, 2 MiB steps
+// above) and cached per (device, stream) after free: a block freed is reused
+// only by allocations on the stream it was allocated on, which is safe without
+// events because that stream executes in order. A request takes the smallest
+// cached block on its stream that fits with at most 25% to spare. A block that
+// other streams also used must be declared with record_stream (as in PyTorch);
+// it is then reused only once those streams' work has finished.
 //
 // When the backing allocation fails, the cache is emptied and the request
 // retried once; if it still fails, OutOfMemory is thrown with the requested,
 // free, in-use and reserved bytes, and the allocator remains usable.
 //
-// KILN_NO_CACHING_ALLOCATOR=1 (read once, here) bypasses the cache so that
-// compute-sanitizer sees every allocation.
+// KILN_NO_CACHING_ALLOCATOR=1 (read once, by allocator_for) bypasses the
+// cache so that compute-sanitizer sees every allocation at its exact size.
 #pragma once
 
 #include <cstddef>
@@ -23,6 +25,7 @@
 #include <mutex>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include "kernels/common.h"
 #include "runtime/device.h"
@@ -51,6 +54,16 @@ class Backing {
   /// Free bytes on the device as the system sees them (for OOM messages).
   virtual size_t free_bytes() const = 0;
   virtual std::string name() const = 0;
+
+  // Stream-ordering hooks for record_stream (CUDA events); the host backing
+  // has no streams and keeps these defaults.
+  /// An event recorded on `stream` now (nullptr when there is nothing to wait for).
+  virtual void* record_event(cudaStream_t stream) { return nullptr; }
+  /// True once the work before the event has finished.
+  virtual bool event_done(void* event) { return true; }
+  virtual void destroy_event(void* event) {}
+  /// Waits for all work on the device (before memory goes back to the system).
+  virtual void synchronize() {}
 };
 
 std::unique_ptr<Backing> make_host_backing(size_t limit_bytes = 0 /* 0 = unlimited */);
@@ -68,6 +81,11 @@ class CachingAllocator {
   void* allocate(size_t bytes, cudaStream_t stream = nullptr);
   /// Returns p to the cache (or to the backing when caching is off).
   void free(void* p);
+  /// Marks p as also used by work on `stream` (not the one it was allocated
+  /// on): when p is freed, it is reused only after that stream's work queued
+  /// so far has finished. No-op for the host backing and for stream == the
+  /// allocation stream.
+  void record_stream(void* p, cudaStream_t stream);
   /// Returns every cached (unused) block to the backing.
   void empty_cache();
   AllocatorStats stats() const;
@@ -79,19 +97,31 @@ class CachingAllocator {
 
  private:
   struct Block {
-    void* ptr;
-    size_t size;
-    cudaStream_t stream;
+    void* ptr = nullptr;
+    size_t size = 0;
+    cudaStream_t stream = nullptr;
+    std::vector<cudaStream_t> used_on;  // other streams (record_stream)
   };
-  void* allocate_locked(size_t size, cudaStream_t stream);
+  // A freed block waiting for events on the other streams that used it.
+  struct Pending {
+    Block block;
+    std::vector<void*> events;
+  };
+  void* allocate_locked(size_t requested, size_t size, cudaStream_t stream);
+  void* take_cached_locked(size_t size, cudaStream_t stream);
+  void cache_block_locked(Block b);
+  void process_pending_locked();
   void empty_cache_locked();
+  std::string oom_message_locked(size_t requested, size_t rounded) const;
 
   std::unique_ptr<Backing> backing_;
   bool caching_;
   mutable std::mutex mu_;
+  // Cached blocks by (stream, size): lower_bound finds the best fit on a stream.
   std::multimap<std::pair<uintptr_t, size_t>, void*> free_blocks_;
   std::unordered_map<void*, Block> live_;
   std::unordered_map<void*, Block> cached_;
+  std::vector<Pending> pending_;
   AllocatorStats stats_;
 };
 

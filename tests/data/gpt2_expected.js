@@ -26,9 +26,12 @@ const cases = [
   ['numbers', '3.14159 1,000,000 2024-05-20 0x1F 12345678901234567890 \u0661\u0662\u0663 \u00BD \u00B2'],
   ['accents', 'na\u00EFve caf\u00E9 r\u00E9sum\u00E9 \u03A9mega \u00DF \u0130stanbul'],
   ['whitespace_kinds', 'tab\there\r\nwindows\u00A0nbsp\u3000ideographic\u2028line\u000Bvt'],
-  ['long_a', 'a'.repeat(300)],
-  ['long_word', 'supercalifragilisticexpialidocious'.repeat(10)],
-  ['long_cjk', '\u6625\u7720\u4E0D\u89BA\u6653\u5904\u5904\u95FB\u557C\u9E1F\u591C\u6765\u98CE\u96E8\u58F0\u82B1\u843D\u77E5\u591A\u5C11'.repeat(6)],
+  // [name, unit, repeat]: the text is `unit` repeated (long pieces take
+  // kiln's heap path; GPT-2's loop gives the reference).
+  ['long_a', 'a', 300],
+  ['long_word', 'supercalifragilisticexpialidocious', 10],
+  ['long_cjk', '\u6625\u7720\u4E0D\u89BA\u6653\u5904\u5904\u95FB\u557C\u9E1F\u591C\u6765\u98CE\u96E8\u58F0\u82B1\u843D\u77E5\u591A\u5C11', 6],
+  ['long_spaces', ' ', 500],
   ['special_middle', 'Hello<|endoftext|>World'],
   ['special_twice', '<|endoftext|><|endoftext|>'],
   ['special_spaced', ' <|endoftext|> x <|endoftext'],
@@ -46,23 +49,40 @@ function encode_special(text) {
 }
 
 function cxx_string(s) {
-  // UTF-8 bytes as a C++ literal of \x escapes for everything non-alphanumeric
-  // (each escape closed with "" so a following hex digit is not swallowed).
-  const bytes = Buffer.from(s, 'utf8');
+  // Printable characters as themselves (the test file is UTF-8), everything
+  // invisible or special as \x escapes of its UTF-8 bytes (each closed with
+  // "" so a following hex digit is not swallowed).
   let out = '"';
-  for (const b of bytes) {
-    const c = String.fromCharCode(b);
-    if (/[A-Za-z0-9 .,!?']/.test(c)) out += c;
-    else out += '\\x' + b.toString(16).padStart(2, '0') + '""';
+  for (const ch of s) {
+    const cp = ch.codePointAt(0);
+    const visible = (cp >= 0x21 && cp <= 0x7e && ch !== '"' && ch !== '\\') || cp === 0x20 ||
+                    (cp > 0xa0 && !/[\s\u200d\ufe0f]/u.test(ch));
+    if (visible) out += ch;
+    else for (const b of Buffer.from(ch, 'utf8')) out += '\\x' + b.toString(16).padStart(2, '0') + '""';
   }
-  return out + '"';
+  return out.replace(/(\\x[0-9a-f]{2})""$/, '$1') + '"';
+}
+
+function wrap_ids(ids) {
+  const lines = [];
+  let line = '';
+  for (const id of ids) {
+    const item = String(id) + ', ';
+    if (line.length + item.length > 100) { lines.push(line.trimEnd()); line = ''; }
+    line += item;
+  }
+  if (line) lines.push(line.replace(/, $/, ''));
+  return lines.join('\n      ');
 }
 
 if (process.argv.includes('--json')) {  // for cross-checking with another implementation
-  console.log(JSON.stringify(cases.map(([name, text]) => ({name, text, ids: encode_special(text)}))));
+  console.log(JSON.stringify(cases.map(([name, unit, rep = 1]) => {
+    const text = unit.repeat(rep);
+    return {name, text, ids: encode_special(text)};
+  })));
   process.exit(0);
 }
-for (const [name, text] of cases) {
-  const ids = encode_special(text);
-  console.log(`    {"${name}", ${cxx_string(text)},\n     {${ids.join(', ')}}},`);
+for (const [name, unit, rep = 1] of cases) {
+  const ids = encode_special(unit.repeat(rep));
+  console.log(`    {"${name}", ${cxx_string(unit)}, ${rep},\n     {${wrap_ids(ids)}}},`);
 }

@@ -193,8 +193,15 @@ TrainResult train(const TrainConfig& cfg) {
     }
   }
 
-  MetricsWriter metrics(run_dir + "/metrics.jsonl", start_step);
-  ProgressReporter progress(total_steps, task->unit());
+  MetricsWriter metrics(run_dir + "/metrics.jsonl", start_step > 0 ? start_step : -1);
+  ConsoleReporter::Options ro;
+  ro.total_steps = total_steps;
+  ro.log_every = cfg.train.log_every;
+  ro.out = stderr;
+  ConsoleReporter progress(ro);
+  progress.start(start_step);
+  StepReport report;
+  report.unit = std::string(task->unit()) + "/s";
 
   auto save = [&](int64_t step) {
     HostTensors w, o;
@@ -206,8 +213,9 @@ TrainResult train(const TrainConfig& cfg) {
     s["rng_offset"] = task->rng().offset;
     s["data"] = task->data_state();
     s["config"] = cfg.name;
-    save_checkpoint(run_dir, step, w.views, o.views, s);
+    const std::string dir = save_checkpoint(run_dir, step, w.views, o.views, s);
     prune_checkpoints(run_dir, static_cast<int>(cfg.train.keep_last));
+    progress.message("saved checkpoint " + dir);
   };
 
   auto run_eval = [&](Split split, int64_t step) {
@@ -220,7 +228,10 @@ TrainResult train(const TrainConfig& cfg) {
     line["loss"] = st.mean_loss();
     if (task->is_classifier()) line["accuracy"] = st.accuracy();
     metrics.write(line);
-    progress.eval_line(split_name(split), step, st.mean_loss(), task->is_classifier() ? st.accuracy() : -1.0);
+    std::ostringstream os;
+    os << split_name(split) << " @ step " << step << ": loss " << st.mean_loss();
+    if (task->is_classifier()) os << ", accuracy " << st.accuracy();
+    progress.message(os.str());
     return st;
   };
 
@@ -262,11 +273,15 @@ TrainResult train(const TrainConfig& cfg) {
       if (task->is_classifier()) line["accuracy"] = window.accuracy();
       line[std::string(task->unit()) + "_per_s"] = per_s;
       metrics.write(line);
-      progress.train_line(done, window.mean_loss(), lr, norm, per_s);
+      report.throughput = per_s;
       result.final_train_loss = window.mean_loss();
       window = TaskStats();
       t_window = Clock::now();
     }
+    report.step = done;
+    report.loss = st.mean_loss();
+    report.lr = lr;
+    progress.step(report);
     examples_total += static_cast<double>(st.samples);
     time_total += seconds_since(t_step);
     if (task->has_split(Split::val) && cfg.train.eval_every > 0 && done % cfg.train.eval_every == 0 &&
@@ -290,6 +305,45 @@ TrainResult train(const TrainConfig& cfg) {
   result.wall_s = seconds_since(t_start);
   result.examples_per_s = time_total > 0 ? examples_total / time_total : 0;
   return result;
+}
+
+}  // namespace kiln
+
+namespace kiln {
+
+TaskStats evaluate_checkpoint(const std::string& path, Split split, const std::vector<std::string>& overrides,
+                              TrainConfig* cfg_out) {
+  namespace fs = std::filesystem;
+  KILN_INPUT_CHECK(fs::is_directory(path), "'" << path << "' is not a run or checkpoint directory");
+  std::string ckpt = path;
+  std::string run_dir;
+  if (fs::exists(fs::path(path) / kCheckpointManifest)) {
+    run_dir = fs::path(path).parent_path().parent_path().string();  // RUN/checkpoints/step_N
+  } else {
+    run_dir = path;
+    std::optional<std::string> latest = find_latest_valid_checkpoint(path);
+    KILN_INPUT_CHECK(latest.has_value(), "'" << path << "' holds no valid checkpoint (looked in "
+                                              << checkpoints_root(path) << ")");
+    ckpt = *latest;
+  }
+  const std::string cfg_path = (fs::path(run_dir) / "config.yaml").string();
+  KILN_INPUT_CHECK(fs::exists(cfg_path), "'" << cfg_path << "' is missing: kiln eval needs the run's config.yaml");
+  TrainConfig cfg = load_config(cfg_path, overrides);
+  if (cfg_out) *cfg_out = cfg;
+  const Device device = resolve_device(cfg.device);
+  set_current_device(device);
+  set_cpu_threads(static_cast<int>(resolve_threads(cfg.threads)));
+  const DType compute = cfg.precision == Precision::bf16 && device.is_cuda() ? DType::bf16 : DType::f32;
+  std::unique_ptr<Task> task = make_task(cfg, device);
+  nn::Module& model = task->model();
+  model.to(device, DType::f32, compute);
+  Checkpoint ck = load_checkpoint(ckpt);
+  for (nn::Parameter* p : model.parameters()) load_into(p->value, ck.weights.at(p->name), p->name, ck.weights.path);
+  refresh_lowp(model);
+  KILN_INPUT_CHECK(task->has_split(split), "the data has no " << split_name(split) << " split");
+  std::fprintf(stderr, "kiln: evaluating %s on the %s split\n", ckpt.c_str(), split_name(split));
+  model.eval();
+  return task->evaluate(split, 0);
 }
 
 }  // namespace kiln

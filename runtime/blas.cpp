@@ -49,12 +49,13 @@ void check_gemm_args(const GemmArgs& g, Device device) {
   // Stored shapes (row-major): A is m x k (k x m when trans_a), B is k x n
   // (n x k when trans_b), C is m x n.
   const int64_t a_cols = g.trans_a ? g.m : g.k, b_cols = g.trans_b ? g.k : g.n;
-  KILN_CHECK(g.lda >= std::max<int64_t>(1, a_cols), "gemm: lda = " << g.lda << " must be >= " << std::max<int64_t>(1, a_cols)
-                                                                   << " (columns of the stored A" << (g.trans_a ? ", trans_a" : "") << ")");
-  KILN_CHECK(g.ldb >= std::max<int64_t>(1, b_cols), "gemm: ldb = " << g.ldb << " must be >= " << std::max<int64_t>(1, b_cols)
-                                                                   << " (columns of the stored B" << (g.trans_b ? ", trans_b" : "") << ")");
-  KILN_CHECK(g.ldc >= std::max<int64_t>(1, g.n), "gemm: ldc = " << g.ldc << " must be >= " << std::max<int64_t>(1, g.n)
-                                                                << " (columns of C)");
+  // (A leading dimension of 0 is accepted when its matrix has no columns: such
+  // a GEMM never reaches a BLAS call.)
+  KILN_CHECK(g.lda >= a_cols, "gemm: lda = " << g.lda << " must be >= " << a_cols << " (columns of the stored A"
+                                             << (g.trans_a ? ", trans_a" : "") << ")");
+  KILN_CHECK(g.ldb >= b_cols, "gemm: ldb = " << g.ldb << " must be >= " << b_cols << " (columns of the stored B"
+                                             << (g.trans_b ? ", trans_b" : "") << ")");
+  KILN_CHECK(g.ldc >= g.n, "gemm: ldc = " << g.ldc << " must be >= " << g.n << " (columns of C)");
   KILN_CHECK(g.stride_a >= 0, "gemm: stride_a = " << g.stride_a << " must be >= 0");
   KILN_CHECK(g.stride_b >= 0, "gemm: stride_b = " << g.stride_b << " must be >= 0");
   KILN_CHECK(g.stride_c >= 0, "gemm: stride_c = " << g.stride_c << " must be >= 0");

@@ -130,12 +130,17 @@ __global__ void __launch_bounds__(WARP ? 128 : kMaxBlock)
 // `partial`) without any synchronization; at the end the block adds its
 // groups' slices in group order into partial[b]. Deterministic: the row set
 // and order of every sum depend only on (rows, C).
+//
+// Shared accumulators are laid out (element e of the chunk, chunk j), i.e.
+// column j·N + e at e·nch + j: the lanes of a warp own consecutive chunks, so
+// they hit consecutive banks (the natural order would be a 4-way (fp32) or
+// 8-way (bf16) bank conflict on every update).
 template <typename T, bool WARP>
 __global__ void __launch_bounds__(WARP ? 256 : kMaxBlock)
     layernorm_backward_kernel(T* dx, float* partial, const T* dy, const T* x, const T* dresidual,
                               const float* __restrict__ weight, const float* __restrict__ mean,
                               const float* __restrict__ rstd, int64_t rows, int C, bool vec, bool smem_acc) {
-  extern __shared__ float acc_smem[];  // (groups per block, 2, C) when smem_acc
+  extern __shared__ float acc_smem[];  // (groups per block, 2, N, nch) when smem_acc
   using G = rowwise::Group<WARP>;
   constexpr int N = rowwise::chunk_elems<T>();
   constexpr int K = rowwise::cache_chunks<T>();
@@ -144,9 +149,13 @@ __global__ void __launch_bounds__(WARP ? 256 : kMaxBlock)
   const int tiles = (((nch + size - 1) / size) + K - 1) / K;
   const bool cached = tiles == 1;
   const float inv_c = C > 0 ? 1.0f / static_cast<float>(C) : 0.0f;
-  // (2, C): dweight partials, then dbias partials. Global slots only in block mode (gpb == 1).
-  float* acc = smem_acc ? acc_smem + static_cast<int64_t>(gi) * 2 * C
+  // dweight accumulators, then dbias ones `half` floats later. Global slots
+  // (natural (2, C) order) only in block mode, where gpb == 1.
+  const int half = smem_acc ? nch * N : C;
+  float* acc = smem_acc ? acc_smem + static_cast<int64_t>(gi) * 2 * half
                         : partial + static_cast<int64_t>(blockIdx.x) * 2 * C;
+  const int e_stride = smem_acc ? nch : 1;  // slot(j, e) = j·j_stride + e·e_stride
+  const int j_stride = smem_acc ? 1 : N;
 
   for (int t = 0; t < tiles; ++t)
     for (int k = 0; k < K; ++k) {
@@ -154,8 +163,8 @@ __global__ void __launch_bounds__(WARP ? 256 : kMaxBlock)
       if (j < nch)
         for (int e = 0; e < N; ++e)
           if (j * N + e < C) {
-            acc[j * N + e] = 0.0f;
-            acc[C + j * N + e] = 0.0f;
+            acc[j * j_stride + e * e_stride] = 0.0f;
+            acc[half + j * j_stride + e * e_stride] = 0.0f;
           }
     }
 
@@ -182,8 +191,9 @@ __global__ void __launch_bounds__(WARP ? 256 : kMaxBlock)
               const float g = cdy[k][e] * __ldg(weight + c);
               sg += g;
               sgx += g * xh;
-              acc[c] += cdy[k][e] * xh;
-              acc[C + c] += cdy[k][e];
+              const int slot = j * j_stride + e * e_stride;
+              acc[slot] += cdy[k][e] * xh;
+              acc[half + slot] += cdy[k][e];
             }
           }
         }
@@ -225,10 +235,13 @@ __global__ void __launch_bounds__(WARP ? 256 : kMaxBlock)
   if (smem_acc) {
     __syncthreads();
     float* out = partial + static_cast<int64_t>(blockIdx.x) * 2 * C;  // (2, C)
-    for (int c = threadIdx.x; c < 2 * C; c += blockDim.x) {
+    for (int i = threadIdx.x; i < 2 * C; i += blockDim.x) {
+      const int h = i >= C ? 1 : 0;
+      const int c = i - h * C;
+      const int slot = h * half + (c % N) * nch + c / N;
       float s = 0.0f;
-      for (int g = 0; g < gpb; ++g) s += acc_smem[static_cast<int64_t>(g) * 2 * C + c];
-      out[c] = s;
+      for (int g = 0; g < gpb; ++g) s += acc_smem[static_cast<int64_t>(g) * 2 * half + slot];
+      out[i] = s;
     }
   }
 }
@@ -301,7 +314,8 @@ void backward_impl(T* dx, float* dweight, float* dbias, float* scratch, const T*
   bool vec = rowwise::rows_aligned(dy, C) && rowwise::rows_aligned(x, C) && rowwise::rows_aligned(dx, C);
   if (dresidual) vec = vec && rowwise::rows_aligned(dresidual, C);
   const int c = static_cast<int>(C);
-  const size_t row_acc_bytes = 2 * static_cast<size_t>(C) * sizeof(float);  // one group's (2, C) accumulators
+  // One group's shared accumulators: (2, N, nch) floats.
+  const size_t row_acc_bytes = 2 * static_cast<size_t>(nch) * N * sizeof(float);
 
   constexpr int K = rowwise::cache_chunks<T>();
   if (nch <= 32LL * K) {
@@ -315,7 +329,8 @@ void backward_impl(T* dx, float* dweight, float* dbias, float* scratch, const T*
     // Block per row, each thread caching up to K chunks (streaming beyond kMaxBlock threads).
     int64_t threads = ceil_div(ceil_div(nch, K), 32) * 32;
     if (threads > kMaxBlock) threads = kMaxBlock;
-    const bool smem_acc = static_cast<int64_t>(row_acc_bytes) <= max_smem_optin();
+    // 1 KB left for the kernel's static shared memory (the block reductions).
+    const bool smem_acc = static_cast<int64_t>(row_acc_bytes) + 1024 <= max_smem_optin();
     const size_t smem = smem_acc ? row_acc_bytes : 0;
     if (smem > static_cast<size_t>(kSmemDefault))
       KILN_CUDA_CHECK(cudaFuncSetAttribute(layernorm_backward_kernel<T, false>,

@@ -25,13 +25,13 @@ namespace fs = std::filesystem;
 const std::string kKiln = std::string(KILN_BINARY_DIR) + "/kiln";
 const std::string kTiny = std::string(KILN_SOURCE_DIR) + "/configs/mlp_tiny.yaml";
 
-struct Run {
+struct CliRun {
   int status = -1;
   std::string output;  // stdout + stderr
 };
 
-Run run(const std::string& args) {
-  Run r;
+CliRun run(const std::string& args) {
+  CliRun r;
   const std::string cmd = kKiln + " " + args + " 2>&1";
   FILE* p = popen(cmd.c_str(), "r");
   if (!p) return r;
@@ -60,7 +60,7 @@ const char* kGood = "name: t\ndevice: cpu\nmodel: {type: mlp}\ndata: {type: fash
 
 TEST(Cli, UsageAndUnknownCommand) {
   EXPECT_EQ(run("").status, 2);
-  Run r = run("frobnicate");
+  CliRun r = run("frobnicate");
   EXPECT_EQ(r.status, 2);
   EXPECT_NE(r.output.find("unknown command 'frobnicate'"), std::string::npos) << r.output;
   EXPECT_EQ(run("--help").status, 0);
@@ -69,7 +69,7 @@ TEST(Cli, UsageAndUnknownCommand) {
 TEST(Cli, ValidateEveryShippedConfig) {
   for (const auto& e : fs::directory_iterator(std::string(KILN_SOURCE_DIR) + "/configs")) {
     if (e.path().extension() != ".yaml") continue;
-    Run r = run("validate " + e.path().string());
+    CliRun r = run("validate " + e.path().string());
     EXPECT_EQ(r.status, 0) << e.path() << ":\n" << r.output;
   }
 }
@@ -84,9 +84,10 @@ struct BadCase {
 TEST(Cli, BadConfigsExitTwoAndNameTheProblem) {
   const fs::path d = temp_dir("bad");
   const std::vector<BadCase> cases = {
-      {"malformed", "name: [unclosed\n", "", {"malformed.yaml", "line"}},
+      {"malformed", "name: [unclosed\n", "", {"malformed.yaml:2:1", "malformed YAML"}},
       {"unknown_key", std::string(kGood) + "optim: {lr: 0.1, betas: 3}\n", "", {"optim.betas", "did you mean"}},
-      {"unknown_deep", std::string(kGood) + "model: {type: mlp, mlp: {hiden: [3]}}\n", "", {"model.mlp.hiden", "hidden"}},
+      {"unknown_deep", "name: t\ndevice: cpu\nmodel: {type: mlp, mlp: {hiden: [3]}}\ndata: {type: fashion_mnist}\n", "",
+       {"model.mlp.hiden", "hidden"}},
       {"duplicate", std::string(kGood) + "seed: 1\nseed: 2\n", "", {"duplicate", "seed"}},
       {"wrong_type", std::string(kGood) + "train: {batch_size: lots}\n", "", {"train.batch_size", "integer"}},
       {"out_of_range", std::string(kGood) + "optim: {lr: -1}\n", "", {"optim.lr"}},
@@ -95,12 +96,12 @@ TEST(Cli, BadConfigsExitTwoAndNameTheProblem) {
   };
   for (const BadCase& c : cases) {
     const std::string path = write(d, std::string(c.name) + ".yaml", c.yaml);
-    Run r = run("train " + path + " output_dir=" + (d / c.name).string() + " " + c.args);
+    CliRun r = run("train " + path + " output_dir=" + (d / c.name).string() + " " + c.args);
     EXPECT_EQ(r.status, 2) << c.name << ":\n" << r.output;
     for (const std::string& s : c.expect)
       EXPECT_NE(r.output.find(s), std::string::npos) << c.name << ": expected '" << s << "' in:\n" << r.output;
   }
-  Run missing = run("train " + (d / "nope.yaml").string());
+  CliRun missing = run("train " + (d / "nope.yaml").string());
   EXPECT_EQ(missing.status, 2);
   EXPECT_NE(missing.output.find("nope.yaml"), std::string::npos) << missing.output;
   fs::remove_all(d);
@@ -122,7 +123,7 @@ TEST(Cli, CorruptCheckpointIsSkippedWithAWarning) {
   c = static_cast<char>(c ^ 0x5a);
   f.write(&c, 1);
   f.close();
-  Run r = run("eval " + (d / "run").string() + " --split val");
+  CliRun r = run("eval " + (d / "run").string() + " --split val");
   EXPECT_EQ(r.status, 0) << r.output;
   EXPECT_NE(r.output.find("skipping checkpoint"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("step_000010"), std::string::npos) << r.output;
@@ -168,7 +169,7 @@ TEST(Cli, KillNineThenResumeGivesTheSameWeights) {
   ASSERT_TRUE(WIFSIGNALED(st)) << "the run finished before it could be killed; make it longer";
   const size_t before = list_checkpoints(out).size();
   EXPECT_LT(before, 16u);
-  Run r = run("train " + kTiny + " output_dir=" + out + common + " train.resume=auto");
+  CliRun r = run("train " + kTiny + " output_dir=" + out + common + " train.resume=auto");
   ASSERT_EQ(r.status, 0) << r.output;
   EXPECT_NE(r.output.find("resumed from"), std::string::npos) << r.output;
   EXPECT_EQ(newest_weights(d / "full"), newest_weights(out));

@@ -1,5 +1,7 @@
 #include "data/safetensors.h"
 
+#include "data/safetensors_tensor.h"
+
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -13,6 +15,8 @@
 #include <vector>
 
 #include "runtime/error.h"
+#include "runtime/tensor.h"
+#include "tests/harness/harness.h"
 
 namespace kiln {
 namespace {
@@ -298,11 +302,12 @@ TEST_F(SafetensorsTest, ReadsUnpaddedHeaderWithOffsetsInAnyOrder) {
 
 // --- Compatibility with Python readers ------------------------------------
 
-// The first interpreter that can import every module given: `python3` on
-// PATH (which may be a pyenv shim without Debian's packages), then the
-// system's /usr/bin/python3. Empty when none can.
+// The first interpreter that can import every module given: the system's
+// /usr/bin/python3 (Debian's numpy/torch, quick to start), then `python3` on
+// PATH (a pyenv or venv interpreter, where pip's safetensors may live).
+// Empty when none can.
 std::string find_python(const std::vector<std::string>& modules) {
-  for (const char* py : {"python3", "/usr/bin/python3"}) {
+  for (const char* py : {"/usr/bin/python3", "python3"}) {
     std::string cmd = std::string(py) + " -c 'import sys";
     for (const std::string& m : modules) cmd += ", " + m;
     cmd += "' >/dev/null 2>&1";
@@ -398,6 +403,109 @@ TEST_F(SafetensorsTest, PythonSafetensorsPackageReadsOurFile) {
   }
   std::string cmd = py + " " + script + " " + path("hf.safetensors");
   EXPECT_EQ(std::system(cmd.c_str()), 0) << cmd;
+}
+
+
+// --- kiln::Tensor helpers -------------------------------------------------
+
+std::vector<uint8_t> tensor_bytes(const Tensor& t) {
+  Tensor h = t.device().is_cpu() ? t : t.to(Device::cpu());
+  const uint8_t* p = static_cast<const uint8_t*>(h.raw());
+  return std::vector<uint8_t>(p, p + h.nbytes());
+}
+
+TEST(SafetensorsTensor, DtypeMapping) {
+  for (DType t : {DType::f32, DType::bf16, DType::f16, DType::i32, DType::u16, DType::u8, DType::f64}) {
+    EXPECT_EQ(to_kiln_dtype(to_st_dtype(t), "x"), t);
+    EXPECT_EQ(st_dtype_size(to_st_dtype(t)), dtype_size(t));
+  }
+  EXPECT_THROW(to_kiln_dtype(StDType::i64, "x"), InputError);
+}
+
+TEST_F(SafetensorsTest, TensorRoundTripEveryKilnDtype) {
+  Device cpu = Device::cpu();
+  std::vector<NamedTensor> ts = {
+      {"w.f32", Tensor::from_vector({1.5f, -2.0f, 3.25f, 0.0f, 1e-8f, -7.0f}, Shape{2, 3}, DType::f32, cpu)},
+      {"w.bf16", Tensor::from_vector({1.5f, -2.0f, 3.25f}, Shape{3}, DType::bf16, cpu)},
+      {"w.f64", Tensor::from_vector({0.1f, 0.2f}, Shape{2, 1}, DType::f64, cpu)},
+      {"i.i32", Tensor::from_vector(std::vector<int32_t>{-3, 0, 1 << 30}, Shape{3}, cpu)},
+      {"i.u16", Tensor::from_vector({1.0f, 65535.0f}, Shape{2}, DType::u16, cpu)},
+      {"i.u8", Tensor::from_vector({7.0f}, Shape{1, 1, 1, 1, 1}, DType::u8, cpu)},
+      {"scalar", Tensor::full(Shape{}, 4.5, DType::f32, cpu)},
+      {"empty", Tensor::empty(Shape{0, 3}, DType::f32, cpu)},
+  };
+  write_named_tensors(path("t.safetensors"), ts, {{"format", "pt"}});
+  SafetensorsFile f = read_safetensors(path("t.safetensors"));
+  ASSERT_EQ(f.tensors.size(), ts.size());
+  for (const auto& [name, t] : ts) {
+    Tensor back = to_tensor(f.at(name), cpu, name);
+    EXPECT_EQ(back.dtype(), t.dtype()) << name;
+    EXPECT_EQ(back.shape(), t.shape()) << name;
+    EXPECT_EQ(tensor_bytes(back), tensor_bytes(t)) << name;
+  }
+  EXPECT_EQ(f.at("scalar").shape, std::vector<int64_t>{});
+  EXPECT_EQ(f.at("empty").nbytes, 0u);
+}
+
+TEST_F(SafetensorsTest, LoadIntoChecksShapeConvertsFloatsAndNamesTensor) {
+  Device cpu = Device::cpu();
+  Tensor w16 = Tensor::from_vector({1.5f, -2.0f, 0.25f, 8.0f}, Shape{2, 2}, DType::bf16, cpu);
+  Tensor idx = Tensor::from_vector(std::vector<int32_t>{1, 2}, Shape{2}, cpu);
+  static int64_t big[1] = {5};
+  write_named_tensors(path("l.safetensors"), {{"layers.0.weight", w16}, {"ids", idx}});
+  // An I64 tensor beside them (kiln has no i64 tensors).
+  SafetensorsFile f = read_safetensors(path("l.safetensors"));
+
+  // bf16 in the file, f32 parameter: converted.
+  Tensor p = Tensor::zeros(Shape{2, 2}, DType::f32, cpu, "layers.0.weight");
+  load_into(f, "layers.0.weight", p);
+  EXPECT_EQ(p.to_vector(), (std::vector<float>{1.5f, -2.0f, 0.25f, 8.0f}));
+
+  auto expect_input_error = [&](auto fn, std::vector<std::string> want) {
+    try {
+      fn();
+      ADD_FAILURE() << "expected InputError mentioning " << want[0];
+    } catch (const InputError& e) {
+      std::string m = e.what();
+      EXPECT_NE(m.find(path("l.safetensors")), std::string::npos) << m;
+      for (const auto& w : want) EXPECT_NE(m.find(w), std::string::npos) << m;
+    }
+  };
+  Tensor wrong = Tensor::zeros(Shape{4}, DType::f32, cpu);
+  expect_input_error([&] { load_into(f, "layers.0.weight", wrong); }, {"'layers.0.weight'", "(2, 2)", "(4)"});
+  Tensor fidx = Tensor::zeros(Shape{2}, DType::f32, cpu);
+  expect_input_error([&] { load_into(f, "ids", fidx); }, {"'ids'", "I32", "f32"});
+  expect_input_error([&] { load_into(f, "layers.1.weight", p); }, {"'layers.1.weight'"});
+
+  // load_tensors: strict rejects a file tensor no parameter takes.
+  Tensor q = Tensor::zeros(Shape{2, 2}, DType::f32, cpu);
+  expect_input_error([&] { load_tensors(f, {{"layers.0.weight", q}}); }, {"'ids'", "matches no parameter"});
+  Tensor q2 = Tensor::zeros(Shape{2, 2}, DType::f32, cpu);
+  load_tensors(f, {{"layers.0.weight", q2}}, /*strict=*/false);
+  EXPECT_EQ(q2.to_vector(), (std::vector<float>{1.5f, -2.0f, 0.25f, 8.0f}));  // written through the shared storage
+
+  write_safetensors(path("i64.safetensors"), {{"pos", StDType::i64, {1}, big, 8}});
+  SafetensorsFile g = read_safetensors(path("i64.safetensors"));
+  EXPECT_THROW(to_tensor(g.at("pos"), cpu, "pos"), InputError);
+  std::vector<int64_t> six(6, 1);
+  static uint8_t one = 1;
+  write_safetensors(path("6d.safetensors"), {{"x", StDType::u8, six, &one, 1}});
+  EXPECT_THROW(to_tensor(read_safetensors(path("6d.safetensors")).at("x"), cpu, "x"), InputError);
+}
+
+TEST_F(SafetensorsTest, SafetensorsGpuRoundTripFromDevice) {
+  KILN_REQUIRE_GPU();
+  Device gpu = Device::cuda(0);
+  Tensor w = Tensor::from_vector({1.0f, 2.0f, 3.0f, 4.0f, 5.0f, 6.0f}, Shape{3, 2}, DType::f32, gpu);
+  Tensor b = Tensor::from_vector({0.5f, -0.5f}, Shape{2}, DType::bf16, gpu);
+  write_named_tensors(path("g.safetensors"), {{"w", w}, {"b", b}});
+  SafetensorsFile f = read_safetensors(path("g.safetensors"));
+  Tensor w2 = to_tensor(f.at("w"), gpu, "w");
+  EXPECT_TRUE(w2.device().is_cuda());
+  EXPECT_EQ(w2.to_vector(), w.to_vector());
+  Tensor b32 = Tensor::zeros(Shape{2}, DType::f32, gpu);
+  load_into(f, "b", b32);  // bf16 file into an f32 device tensor
+  EXPECT_EQ(b32.to_vector(), (std::vector<float>{0.5f, -0.5f}));
 }
 
 }  // namespace

@@ -102,7 +102,7 @@ int main(int argc, char** argv) {
     if (cmd == "train") return cmd_train(argc, argv, false);
     if (cmd == "validate") return cmd_train(argc, argv, true);
     if (cmd == "eval") return cmd_eval(argc, argv);
-    if (cmd == "plot") return kiln::cmd_plot(argc - 2, argv + 2);
+    if (cmd == "plot") return kiln::cmd_plot(argc - 1, argv + 1);  // argv[0] = "plot"
     if (cmd == "tokenizer") return kiln::cmd_tokenizer(argc - 2, argv + 2);
     if (cmd == "data") return kiln::cmd_data(argc - 2, argv + 2);
     if (cmd == "keys") {

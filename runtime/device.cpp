@@ -79,6 +79,17 @@ Device resolve_device(const std::string& spec, int local_rank, bool announce) {
   throw InputError("device '" + spec + "': expected cpu, cuda, cuda:N or auto");
 }
 
+std::string cuda_device_name(Device d) {
+  if (d.is_cpu()) return "cpu";
+#if KILN_WITH_CUDA
+  cudaDeviceProp prop{};
+  KILN_CUDA_CHECK(cudaGetDeviceProperties(&prop, d.index));
+  return prop.name;
+#else
+  return "cuda (not compiled in)";
+#endif
+}
+
 void set_current_device(Device d) {
 #if KILN_WITH_CUDA
   if (d.is_cuda()) KILN_CUDA_CHECK(cudaSetDevice(d.index));

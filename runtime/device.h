@@ -34,6 +34,9 @@ inline bool cuda_available() { return cuda_device_count() > 0; }
 /// one line saying which and why. "cuda" without a GPU is an InputError.
 Device resolve_device(const std::string& spec, int local_rank = 0, bool announce = true);
 
+/// The GPU's marketing name ("NVIDIA H200"); "cpu" for the CPU.
+std::string cuda_device_name(Device d);
+
 /// Makes `d` current for this thread (cudaSetDevice); no-op for the CPU.
 void set_current_device(Device d);
 

@@ -4,7 +4,6 @@
 #include <sstream>
 
 #include "nn/mlp.h"
-#include "trainers/trainer.h"
 
 namespace kiln {
 
@@ -146,17 +145,6 @@ void ImageClassificationTask::restore_data_state(const nlohmann::json& j) {
   s.epoch = j.at("epoch").get<uint64_t>();
   s.position = j.at("position").get<int64_t>();
   sampler_->restore(s);
-}
-
-std::unique_ptr<Task> make_task(const TrainConfig& cfg, Device device) {
-  switch (cfg.data.type) {
-    case DatasetType::fashion_mnist:
-    case DatasetType::mnist:
-    case DatasetType::idx:
-      return std::make_unique<ImageClassificationTask>(cfg, device);
-    default:
-      throw InputError("data.type: token and SFT data arrive with the GPT recipes; this kiln trains image tasks");
-  }
 }
 
 }  // namespace kiln

@@ -59,6 +59,9 @@ class Task {
   /// Data position for checkpoints, and its restore.
   virtual nlohmann::json data_state() const = 0;
   virtual void restore_data_state(const nlohmann::json& s) = 0;
+  /// A text sample from the model for the log (language models; "" = none).
+  /// Called every train.sample_every steps with the model in eval mode.
+  virtual std::string sample_text() { return ""; }
   /// One line describing the data ("fashion_mnist: 54000 train, 6000 val, 10000 test").
   virtual std::string describe_data() const = 0;
 };

@@ -112,6 +112,22 @@ void refresh_lowp(nn::Module& m) {
     if (p->lowp.defined()) p->lowp.copy_from(p->value.cast(DType::bf16));
 }
 
+// Dense bf16 (or fp32 when training in fp32) tensor-core peaks by name, for
+// MFU; mfu.peak_tflops overrides. 0 = unknown (no MFU reported).
+double peak_tflops(const TrainConfig& cfg, Device device) {
+  if (cfg.mfu.peak_tflops > 0) return cfg.mfu.peak_tflops;
+  if (!device.is_cuda()) return 0;
+  const std::string name = cuda_device_name(device);
+  const bool bf16 = cfg.precision == Precision::bf16;
+  struct Peak { const char* name; double bf16, tf32; };
+  // Datasheet dense rates (SXM parts): H100/H200 989 bf16 / 495 tf32,
+  // A100 312 / 156.
+  static const Peak table[] = {{"H200", 989, 495}, {"H100", 989, 495}, {"A100", 312, 156}};
+  for (const Peak& p : table)
+    if (name.find(p.name) != std::string::npos) return bf16 ? p.bf16 : p.tf32;
+  return 0;
+}
+
 int64_t resolve_threads(int threads) {
   if (threads > 0) return threads;
   const unsigned hw = std::thread::hardware_concurrency();
@@ -235,6 +251,7 @@ TrainResult train(const TrainConfig& cfg) {
     return st;
   };
 
+  const double peak_flops = peak_tflops(cfg, device) * 1e12;
   TrainResult result;
   result.run_dir = run_dir;
   model.train();
@@ -272,6 +289,11 @@ TrainResult train(const TrainConfig& cfg) {
       line["grad_norm"] = norm;
       if (task->is_classifier()) line["accuracy"] = window.accuracy();
       line[std::string(task->unit()) + "_per_s"] = per_s;
+      if (peak_flops > 0 && task->train_flops_per_example() > 0) {
+        // MFU = achieved model FLOP/s / peak; examples/s counts every rank's.
+        const double examples_per_s = static_cast<double>(window.samples) / dt;
+        line["mfu"] = task->train_flops_per_example() * examples_per_s / peak_flops;
+      }
       metrics.write(line);
       report.throughput = per_s;
       result.final_train_loss = window.mean_loss();
@@ -287,6 +309,19 @@ TrainResult train(const TrainConfig& cfg) {
     if (task->has_split(Split::val) && cfg.train.eval_every > 0 && done % cfg.train.eval_every == 0 &&
         done != total_steps)
       run_eval(Split::val, done);
+    if (cfg.train.sample_every > 0 && done % cfg.train.sample_every == 0) {
+      model.eval();
+      const std::string text = task->sample_text();
+      model.train();
+      if (!text.empty()) {
+        nlohmann::json line;
+        line["step"] = done;
+        line["split"] = "sample";
+        line["text"] = text;
+        metrics.write(line);
+        progress.message("sample @ step " + std::to_string(done) + ":\n" + text);
+      }
+    }
     if (cfg.train.checkpoint_every > 0 && done % cfg.train.checkpoint_every == 0 && done != total_steps) save(done);
     result.steps = done;
   }

@@ -1,0 +1,18 @@
+// The recipe table: which Task a config's data.type builds.
+#include "trainers/image_task.h"
+#include "trainers/trainer.h"
+
+namespace kiln {
+
+std::unique_ptr<Task> make_task(const TrainConfig& cfg, Device device) {
+  switch (cfg.data.type) {
+    case DatasetType::fashion_mnist:
+    case DatasetType::mnist:
+    case DatasetType::idx:
+      return std::make_unique<ImageClassificationTask>(cfg, device);
+    default:
+      throw InputError("data.type: token and SFT data arrive with the GPT recipes; this kiln trains image tasks");
+  }
+}
+
+}  // namespace kiln

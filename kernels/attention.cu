@@ -59,13 +59,13 @@ __global__ void __launch_bounds__(kThreads)
   load_tile<D, kFwdBr>(sQ, q + head, stride, q0, T);
   __syncthreads();
   uint32_t qf[D / 16][4];  // this warp's 16 query rows as A fragments, k = d
-#pragma unroll
+KILN_ATTN_UNROLL
   for (int kk = 0; kk < D / 16; ++kk) ldsm_x4(qf[kk], a_frag_ptr(sQ, LD, warp * 16, kk * 16, lane));
 
   const int row_a = q0 + warp * 16 + g;  // this thread's query rows (c0,c1 and c2,c3)
   const int row_b = row_a + 8;
   float o[D / 8][4];
-#pragma unroll
+KILN_ATTN_UNROLL
   for (int dt = 0; dt < D / 8; ++dt) o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.0f;
   float m[2] = {-INFINITY, -INFINITY};  // running row max, log2 units
   float l[2] = {0.0f, 0.0f};            // running row sum, this thread's columns only
@@ -80,11 +80,11 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();
 
     float s[kFwdBc / 8][4];  // (16 rows, 64 keys) per warp
-#pragma unroll
+KILN_ATTN_UNROLL
     for (int nt = 0; nt < kFwdBc / 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
-#pragma unroll
+KILN_ATTN_UNROLL
     for (int kk = 0; kk < D / 16; ++kk) {
-#pragma unroll
+KILN_ATTN_UNROLL
       for (int np = 0; np < kFwdBc / 16; ++np) {
         uint32_t bk[4];
         ldsm_x4(bk, nk_frag_ptr(sK, LD, np * 16, kk * 16, lane));
@@ -95,9 +95,9 @@ __global__ void __launch_bounds__(kThreads)
 
     // Mask (keys past T; keys after the query when causal) and scale.
     float mx[2] = {-INFINITY, -INFINITY};
-#pragma unroll
+KILN_ATTN_UNROLL
     for (int nt = 0; nt < kFwdBc / 8; ++nt) {
-#pragma unroll
+KILN_ATTN_UNROLL
       for (int e = 0; e < 4; ++e) {
         const int col = k0 + nt * 8 + 2 * t4 + (e & 1);
         const int row = (e < 2) ? row_a : row_b;
@@ -107,7 +107,7 @@ __global__ void __launch_bounds__(kThreads)
       }
     }
     float base[2], alpha[2];
-#pragma unroll
+KILN_ATTN_UNROLL
     for (int r = 0; r < 2; ++r) {
       const float m_new = fmaxf(m[r], quad_max(mx[r]));
       // A row with no visible key so far keeps m = -inf; use 0 as the base so
@@ -117,18 +117,18 @@ __global__ void __launch_bounds__(kThreads)
       m[r] = m_new;
     }
     float rs[2] = {0.0f, 0.0f};
-#pragma unroll
+KILN_ATTN_UNROLL
     for (int nt = 0; nt < kFwdBc / 8; ++nt) {
-#pragma unroll
+KILN_ATTN_UNROLL
       for (int e = 0; e < 4; ++e) {
         const float p = exp2f(s[nt][e] - base[e >> 1]);
         s[nt][e] = p;
         rs[e >> 1] += p;
       }
     }
-#pragma unroll
+KILN_ATTN_UNROLL
     for (int r = 0; r < 2; ++r) l[r] = l[r] * alpha[r] + rs[r];
-#pragma unroll
+KILN_ATTN_UNROLL
     for (int dt = 0; dt < D / 8; ++dt) {
       o[dt][0] *= alpha[0];
       o[dt][1] *= alpha[0];
@@ -137,12 +137,12 @@ __global__ void __launch_bounds__(kThreads)
     }
 
     // O += P V: k = the 64 keys, 16 at a time; n = d.
-#pragma unroll
+KILN_ATTN_UNROLL
     for (int kc = 0; kc < kFwdBc / 16; ++kc) {
       const uint32_t pa[4] = {pack_bf16(s[2 * kc][0], s[2 * kc][1]), pack_bf16(s[2 * kc][2], s[2 * kc][3]),
                               pack_bf16(s[2 * kc + 1][0], s[2 * kc + 1][1]),
                               pack_bf16(s[2 * kc + 1][2], s[2 * kc + 1][3])};
-#pragma unroll
+KILN_ATTN_UNROLL
       for (int dp = 0; dp < D / 16; ++dp) {
         uint32_t bv[4];
         ldsm_x4_trans(bv, a_frag_ptr(sV, LD, kc * 16, dp * 16, lane));
@@ -154,7 +154,7 @@ __global__ void __launch_bounds__(kThreads)
 
   // Finalize: full row sums, normalize, store bf16 pairs and the LSE.
   float inv[2];
-#pragma unroll
+KILN_ATTN_UNROLL
   for (int r = 0; r < 2; ++r) {
     l[r] = quad_sum(l[r]);
     inv[r] = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
@@ -162,7 +162,7 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t C = static_cast<int64_t>(H) * D;
   bf16_t* out_a = out + (static_cast<int64_t>(b) * T + row_a) * C + static_cast<int64_t>(h) * D + 2 * t4;
   bf16_t* out_b = out_a + 8 * C;
-#pragma unroll
+KILN_ATTN_UNROLL
   for (int dt = 0; dt < D / 8; ++dt) {
     if (row_a < T)
       *reinterpret_cast<uint32_t*>(out_a + dt * 8) = pack_bf16(o[dt][0] * inv[0], o[dt][1] * inv[0]);
@@ -190,7 +190,7 @@ __global__ void forward_f32_kernel(float* __restrict__ out, float* __restrict__ 
   const int b = static_cast<int>(w / (static_cast<int64_t>(T) * H));
   const int64_t head = static_cast<int64_t>(b) * T * stride + static_cast<int64_t>(h) * D;
   float qr[kPer], o[kPer];
-#pragma unroll
+KILN_ATTN_UNROLL
   for (int r = 0; r < kPer; ++r) {
     qr[r] = q[head + static_cast<int64_t>(i) * stride + lane + 32 * r];
     o[r] = 0.0f;
@@ -201,19 +201,19 @@ __global__ void forward_f32_kernel(float* __restrict__ out, float* __restrict__ 
     const float* kj = k + head + static_cast<int64_t>(j) * stride;
     const float* vj = v + head + static_cast<int64_t>(j) * stride;
     float dot = 0.0f;
-#pragma unroll
+KILN_ATTN_UNROLL
     for (int r = 0; r < kPer; ++r) dot += qr[r] * kj[lane + 32 * r];
     const float s = warp_sum(dot) * scale;
     const float m_new = fmaxf(m, s);
     const float alpha = expf(m - m_new);  // 0 on the first key (m = -inf)
     const float p = expf(s - m_new);
     l = l * alpha + p;
-#pragma unroll
+KILN_ATTN_UNROLL
     for (int r = 0; r < kPer; ++r) o[r] = o[r] * alpha + p * vj[lane + 32 * r];
     m = m_new;
   }
   float* oi = out + (static_cast<int64_t>(b) * T + i) * H * D + static_cast<int64_t>(h) * D;
-#pragma unroll
+KILN_ATTN_UNROLL
   for (int r = 0; r < kPer; ++r) oi[lane + 32 * r] = o[r] / l;
   if (lane == 0) lse[(static_cast<int64_t>(b) * H + h) * T + i] = m + logf(l);
 }

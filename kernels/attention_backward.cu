@@ -109,9 +109,9 @@ __global__ void __launch_bounds__(kThreads)
   const int key_a = k0 + warp * 16 + g;  // this thread's key rows (c0,c1 and c2,c3)
   const int key_b = key_a + 8;
   float dka[D / 8][4], dva[D / 8][4];  // (16 keys, D) per warp
-#pragma unroll
+KILN_ATTN_UNROLL
   for (int dt = 0; dt < D / 8; ++dt) {
-#pragma unroll
+KILN_ATTN_UNROLL
     for (int e = 0; e < 4; ++e) dka[dt][e] = dva[dt][e] = 0.0f;
   }
 
@@ -131,17 +131,17 @@ __global__ void __launch_bounds__(kThreads)
 
     // Sᵀ = K Qᵀ and dPᵀ = V dOᵀ: (16 keys, BQ queries) per warp, k = d.
     float st[BQ / 8][4], dpt[BQ / 8][4];
-#pragma unroll
+KILN_ATTN_UNROLL
     for (int nt = 0; nt < BQ / 8; ++nt) {
-#pragma unroll
+KILN_ATTN_UNROLL
       for (int e = 0; e < 4; ++e) st[nt][e] = dpt[nt][e] = 0.0f;
     }
-#pragma unroll
+KILN_ATTN_UNROLL
     for (int kk = 0; kk < D / 16; ++kk) {
       uint32_t ka[4], va[4];
       ldsm_x4(ka, a_frag_ptr(sK, LD, warp * 16, kk * 16, lane));
       ldsm_x4(va, a_frag_ptr(sV, LD, warp * 16, kk * 16, lane));
-#pragma unroll
+KILN_ATTN_UNROLL
       for (int np = 0; np < BQ / 16; ++np) {
         uint32_t bq[4], bo[4];
         ldsm_x4(bq, nk_frag_ptr(sQ, LD, np * 16, kk * 16, lane));
@@ -154,9 +154,9 @@ __global__ void __launch_bounds__(kThreads)
     }
 
     // Pᵀ and dSᵀ, masked: query past T, key past T, or key after query (causal).
-#pragma unroll
+KILN_ATTN_UNROLL
     for (int nt = 0; nt < BQ / 8; ++nt) {
-#pragma unroll
+KILN_ATTN_UNROLL
       for (int e = 0; e < 4; ++e) {
         const int col = nt * 8 + 2 * t4 + (e & 1);  // query within the tile
         const int i = i0 + col;
@@ -169,7 +169,7 @@ __global__ void __launch_bounds__(kThreads)
     }
 
     // dV += Pᵀ dO and dK += dSᵀ Q: k = the BQ queries, 16 at a time; n = d.
-#pragma unroll
+KILN_ATTN_UNROLL
     for (int kc = 0; kc < BQ / 16; ++kc) {
       const uint32_t pa[4] = {pack_bf16(st[2 * kc][0], st[2 * kc][1]), pack_bf16(st[2 * kc][2], st[2 * kc][3]),
                               pack_bf16(st[2 * kc + 1][0], st[2 * kc + 1][1]),
@@ -177,7 +177,7 @@ __global__ void __launch_bounds__(kThreads)
       const uint32_t da[4] = {pack_bf16(dpt[2 * kc][0], dpt[2 * kc][1]), pack_bf16(dpt[2 * kc][2], dpt[2 * kc][3]),
                               pack_bf16(dpt[2 * kc + 1][0], dpt[2 * kc + 1][1]),
                               pack_bf16(dpt[2 * kc + 1][2], dpt[2 * kc + 1][3])};
-#pragma unroll
+KILN_ATTN_UNROLL
       for (int dp = 0; dp < D / 16; ++dp) {
         uint32_t bo[4], bq[4];
         ldsm_x4_trans(bo, a_frag_ptr(sdO, LD, kc * 16, dp * 16, lane));
@@ -194,7 +194,7 @@ __global__ void __launch_bounds__(kThreads)
   bf16_t* dk_a = dk + head + static_cast<int64_t>(key_a) * stride + 2 * t4;
   bf16_t* dv_a = dv + head + static_cast<int64_t>(key_a) * stride + 2 * t4;
   const int64_t next8 = 8 * stride;  // key_b = key_a + 8
-#pragma unroll
+KILN_ATTN_UNROLL
   for (int dt = 0; dt < D / 8; ++dt) {
     if (key_a < T) {
       *reinterpret_cast<uint32_t*>(dk_a + dt * 8) = pack_bf16(dka[dt][0] * scale, dka[dt][1] * scale);
@@ -243,7 +243,7 @@ __global__ void __launch_bounds__(kThreads)
   const float delta_a = row_a < T ? delta_bh[row_a] : 0.0f;
   const float delta_b = row_b < T ? delta_bh[row_b] : 0.0f;
   float dqa[D / 8][4];  // (16 queries, D) per warp
-#pragma unroll
+KILN_ATTN_UNROLL
   for (int dt = 0; dt < D / 8; ++dt) dqa[dt][0] = dqa[dt][1] = dqa[dt][2] = dqa[dt][3] = 0.0f;
 
   const int nkb_all = static_cast<int>(ceil_div(T, BK));
@@ -257,17 +257,17 @@ __global__ void __launch_bounds__(kThreads)
 
     // S = Q Kᵀ and dP = dO Vᵀ: (16 queries, BK keys) per warp, k = d.
     float s[BK / 8][4], dp[BK / 8][4];
-#pragma unroll
+KILN_ATTN_UNROLL
     for (int nt = 0; nt < BK / 8; ++nt) {
-#pragma unroll
+KILN_ATTN_UNROLL
       for (int e = 0; e < 4; ++e) s[nt][e] = dp[nt][e] = 0.0f;
     }
-#pragma unroll
+KILN_ATTN_UNROLL
     for (int kk = 0; kk < D / 16; ++kk) {
       uint32_t qa[4], oa[4];
       ldsm_x4(qa, a_frag_ptr(sQ, LD, warp * 16, kk * 16, lane));
       ldsm_x4(oa, a_frag_ptr(sdO, LD, warp * 16, kk * 16, lane));
-#pragma unroll
+KILN_ATTN_UNROLL
       for (int np = 0; np < BK / 16; ++np) {
         uint32_t bk[4], bv[4];
         ldsm_x4(bk, nk_frag_ptr(sK, LD, np * 16, kk * 16, lane));
@@ -280,9 +280,9 @@ __global__ void __launch_bounds__(kThreads)
     }
 
     // P and dS, masked: query past T, key past T, or key after query (causal).
-#pragma unroll
+KILN_ATTN_UNROLL
     for (int nt = 0; nt < BK / 8; ++nt) {
-#pragma unroll
+KILN_ATTN_UNROLL
       for (int e = 0; e < 4; ++e) {
         const int col = j0 + nt * 8 + 2 * t4 + (e & 1);
         const int row = (e < 2) ? row_a : row_b;
@@ -293,12 +293,12 @@ __global__ void __launch_bounds__(kThreads)
     }
 
     // dQ += dS K: k = the BK keys, 16 at a time; n = d.
-#pragma unroll
+KILN_ATTN_UNROLL
     for (int kc = 0; kc < BK / 16; ++kc) {
       const uint32_t da[4] = {pack_bf16(dp[2 * kc][0], dp[2 * kc][1]), pack_bf16(dp[2 * kc][2], dp[2 * kc][3]),
                               pack_bf16(dp[2 * kc + 1][0], dp[2 * kc + 1][1]),
                               pack_bf16(dp[2 * kc + 1][2], dp[2 * kc + 1][3])};
-#pragma unroll
+KILN_ATTN_UNROLL
       for (int dt2 = 0; dt2 < D / 16; ++dt2) {
         uint32_t bk[4];
         ldsm_x4_trans(bk, a_frag_ptr(sK, LD, kc * 16, dt2 * 16, lane));
@@ -310,7 +310,7 @@ __global__ void __launch_bounds__(kThreads)
 
   bf16_t* dq_a = dq + head + static_cast<int64_t>(row_a) * stride + 2 * t4;
   const int64_t next8 = 8 * stride;
-#pragma unroll
+KILN_ATTN_UNROLL
   for (int dt = 0; dt < D / 8; ++dt) {
     if (row_a < T) *reinterpret_cast<uint32_t*>(dq_a + dt * 8) = pack_bf16(dqa[dt][0] * scale, dqa[dt][1] * scale);
     if (row_b < T)
@@ -335,7 +335,7 @@ __global__ void dq_f32_kernel(float* __restrict__ dq, const float* __restrict__ 
   const float lse_i = lse[(static_cast<int64_t>(b) * H + h) * T + i];
   const float delta_i = delta[(static_cast<int64_t>(b) * H + h) * T + i];
   float qr[kPer], dor[kPer], acc[kPer];
-#pragma unroll
+KILN_ATTN_UNROLL
   for (int r = 0; r < kPer; ++r) {
     qr[r] = q[head + static_cast<int64_t>(i) * stride + lane + 32 * r];
     dor[r] = dout[orow + lane + 32 * r];
@@ -346,7 +346,7 @@ __global__ void dq_f32_kernel(float* __restrict__ dq, const float* __restrict__ 
     const float* kj = k + head + static_cast<int64_t>(j) * stride;
     const float* vj = v + head + static_cast<int64_t>(j) * stride;
     float s = 0.0f, dpv = 0.0f;
-#pragma unroll
+KILN_ATTN_UNROLL
     for (int r = 0; r < kPer; ++r) {
       s += qr[r] * kj[lane + 32 * r];
       dpv += dor[r] * vj[lane + 32 * r];
@@ -355,10 +355,10 @@ __global__ void dq_f32_kernel(float* __restrict__ dq, const float* __restrict__ 
     dpv = warp_sum(dpv);
     const float p = expf(s * scale - lse_i);
     const float ds = p * (dpv - delta_i);
-#pragma unroll
+KILN_ATTN_UNROLL
     for (int r = 0; r < kPer; ++r) acc[r] += ds * kj[lane + 32 * r];
   }
-#pragma unroll
+KILN_ATTN_UNROLL
   for (int r = 0; r < kPer; ++r) dq[head + static_cast<int64_t>(i) * stride + lane + 32 * r] = acc[r] * scale;
 }
 
@@ -380,7 +380,7 @@ __global__ void dkdv_f32_kernel(float* __restrict__ dk, float* __restrict__ dv, 
   const float* lse_bh = lse + (static_cast<int64_t>(b) * H + h) * T;
   const float* delta_bh = delta + (static_cast<int64_t>(b) * H + h) * T;
   float kr[kPer], vr[kPer], dka[kPer], dva[kPer];
-#pragma unroll
+KILN_ATTN_UNROLL
   for (int r = 0; r < kPer; ++r) {
     kr[r] = k[head + static_cast<int64_t>(j) * stride + lane + 32 * r];
     vr[r] = v[head + static_cast<int64_t>(j) * stride + lane + 32 * r];
@@ -390,7 +390,7 @@ __global__ void dkdv_f32_kernel(float* __restrict__ dk, float* __restrict__ dv, 
     const float* qi = q + head + static_cast<int64_t>(i) * stride;
     const float* doi = dout + ohead + static_cast<int64_t>(i) * H * D;
     float s = 0.0f, dpv = 0.0f;
-#pragma unroll
+KILN_ATTN_UNROLL
     for (int r = 0; r < kPer; ++r) {
       s += qi[lane + 32 * r] * kr[r];
       dpv += doi[lane + 32 * r] * vr[r];
@@ -399,13 +399,13 @@ __global__ void dkdv_f32_kernel(float* __restrict__ dk, float* __restrict__ dv, 
     dpv = warp_sum(dpv);
     const float p = expf(s * scale - lse_bh[i]);
     const float ds = p * (dpv - delta_bh[i]);
-#pragma unroll
+KILN_ATTN_UNROLL
     for (int r = 0; r < kPer; ++r) {
       dva[r] += p * doi[lane + 32 * r];
       dka[r] += ds * qi[lane + 32 * r];
     }
   }
-#pragma unroll
+KILN_ATTN_UNROLL
   for (int r = 0; r < kPer; ++r) {
     dk[head + static_cast<int64_t>(j) * stride + lane + 32 * r] = dka[r] * scale;
     dv[head + static_cast<int64_t>(j) * stride + lane + 32 * r] = dva[r];

@@ -19,13 +19,29 @@
 // matrix m, or with .trans the two elements (rows 2t..2t+1, col g).
 #pragma once
 
+// KILN_ATTENTION_EMULATION: tests/kernels/cuda_host_emulation.h runs these
+// kernels' source on the host (no GPU); it supplies the CUDA types, the launch
+// helpers and the warp-collective instructions (ldmatrix, mma, shuffles) itself.
+#if !defined(KILN_ATTENTION_EMULATION)
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
+#endif
 
 #include <cstdint>
+#include <cstring>
 #include <initializer_list>
 
+#if !defined(KILN_ATTENTION_EMULATION)
 #include "kernels/launch.cuh"
+#endif
+
+// `#pragma unroll` spelled as a macro so the host emulation (where the host
+// compiler would warn about an unknown pragma) can drop it.
+#if !defined(KILN_ATTENTION_EMULATION)
+#define KILN_ATTN_UNROLL _Pragma("unroll")
+#else
+#define KILN_ATTN_UNROLL
+#endif
 
 namespace kiln {
 namespace attn {
@@ -46,6 +62,7 @@ constexpr int pitch() {
   return D + 8;
 }
 
+#if !defined(KILN_ATTENTION_EMULATION)
 __device__ __forceinline__ uint32_t smem_u32(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
@@ -75,10 +92,14 @@ __device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], 
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+#endif  // !KILN_ATTENTION_EMULATION
+
 /// Two floats as one b32 of bf16 (lo in the low half = the lower column).
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
   const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x = lo, .y = hi
-  return *reinterpret_cast<const uint32_t*>(&v);
+  uint32_t r;
+  memcpy(&r, &v, sizeof(r));  // a register move; no type punning through pointers
+  return r;
 }
 
 // Lane addresses for ldmatrix.x4 on a row-major shared tile with pitch `ld`
@@ -117,7 +138,7 @@ __device__ __forceinline__ void load_tile(bf16_t* s, const bf16_t* g, int64_t st
 /// Sum over the 32 lanes; every lane gets the same bits (xor butterflies add
 /// the same pairs in the same order, and float addition is commutative).
 __device__ __forceinline__ float warp_sum(float x) {
-#pragma unroll
+KILN_ATTN_UNROLL
   for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
   return x;
 }

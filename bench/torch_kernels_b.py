@@ -8,8 +8,9 @@ the elementwise and embedding ops) torch.compile, and writes the JSON that
 "shape", "impl": "eager" | "compile", "ms", "bytes", "gbps"}]}. Bytes are
 counted exactly as the kiln entries count them, so GB/s compare directly.
 
-Written to be merged into bench/torch_bench.py's registry once that script
-exists (each entry below is one `Entry`); until then run it on its own:
+The same entries now also sit in bench/torch_bench.py's registry
+(`activation`, `embedding`, `optimizer`, `grad_norm`); this file is the
+stand-alone fallback until that script is committed, then it can go. Run:
 
     python3 bench/torch_kernels_b.py [--quick] [--no-compile] --json torch_b.json
 

@@ -48,13 +48,21 @@ void cross_entropy_forward_backward_cpu(T* logits, T* losses, const int32_t* tar
       for (int64_t c = 0; c < Vp; ++c) lr[c] = 0;
       continue;
     }
-    double m, s;
-    row_logsumexp(lr, V, &m, &s);
-    losses[r] = static_cast<T>(m + std::log(s) - static_cast<double>(lr[t]));
+    // One exp per element: the row holds exp(x - max) until the sum is known.
+    const double xt = static_cast<double>(lr[t]);
+    double m = -std::numeric_limits<double>::infinity();
+    for (int64_t c = 0; c < V; ++c) m = std::fmax(m, static_cast<double>(lr[c]));
+    double s = 0;
     for (int64_t c = 0; c < V; ++c) {
-      const double p = std::exp(static_cast<double>(lr[c]) - m) / s;
-      lr[c] = static_cast<T>(static_cast<double>(scale) * (p - (c == t ? 1.0 : 0.0)));
+      const double e = std::exp(static_cast<double>(lr[c]) - m);
+      s += e;
+      lr[c] = static_cast<T>(e);
     }
+    losses[r] = static_cast<T>(m + std::log(s) - xt);
+    const double k = static_cast<double>(scale) / s;
+    for (int64_t c = 0; c < V; ++c) lr[c] = static_cast<T>(static_cast<double>(lr[c]) * k);
+    // p_t - 1 cancels when p_t ≈ 1: recompute it in double rather than from the rounded row.
+    lr[t] = static_cast<T>((std::exp(xt - m) / s - 1.0) * static_cast<double>(scale));
     for (int64_t c = V; c < Vp; ++c) lr[c] = 0;
   }
 }

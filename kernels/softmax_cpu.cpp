@@ -27,10 +27,15 @@ void softmax_forward_cpu(T* y, const T* x, int64_t rows, int64_t C) {
     }
     // A fully masked row (all -inf) has no mass: y = 0, not exp(-inf + inf) = NaN.
     const double shift = std::isinf(m) && m < 0 ? 0.0 : m;
+    // One exp per element: y holds exp(x - max) until the sum is known (y may alias x).
     double s = 0;
-    for (int64_t c = 0; c < C; ++c) s += std::exp(static_cast<double>(xr[c]) - shift);
+    for (int64_t c = 0; c < C; ++c) {
+      const double e = std::exp(static_cast<double>(xr[c]) - shift);
+      s += e;
+      yr[c] = static_cast<T>(e);
+    }
     const double inv = s != 0 ? 1.0 / s : 0.0;  // s is NaN for a row holding +inf: stays NaN
-    for (int64_t c = 0; c < C; ++c) yr[c] = static_cast<T>(std::exp(static_cast<double>(xr[c]) - shift) * inv);
+    for (int64_t c = 0; c < C; ++c) yr[c] = static_cast<T>(static_cast<double>(yr[c]) * inv);
   }
 }
 

@@ -23,6 +23,8 @@
 #pragma once
 
 #include <functional>
+#include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -42,8 +44,20 @@ struct Result {
   std::string peak;     ///< which peak frac_peak is relative to ("copy", "gemm_bf16", "cpu_copy", ...)
 };
 
+/// How kiln-bench was invoked (bench/main.cpp fills this in).
+struct Options {
+  bool quick = false;
+  /// JSON written by bench/torch_bench.py; adds a PyTorch column to the table.
+  std::string compare_path;
+};
+
 class Context {
  public:
+  explicit Context(const Options& options = {});
+  ~Context();
+  Context(const Context&) = delete;
+  Context& operator=(const Context&) = delete;
+
   bool has_gpu() const;
   /// --quick: fewer and smaller shapes (CI smoke runs).
   bool quick() const;
@@ -60,13 +74,36 @@ class Context {
   double gemm_bf16_tflops() const;
   double cpu_copy_gbps() const;
   double cpu_sgemm_gflops() const;
+  /// Records a peak: "copy" / "cpu_copy" in GB/s, "gemm_bf16" / "cpu_sgemm"
+  /// (or any other compute peak) in TFLOP/s. A Result whose `peak` names a
+  /// recorded peak is measured against it; otherwise report() picks the copy
+  /// or GEMM peak of its backend, whichever the result is closer to.
   void set_peak(const std::string& which, double value);
+  const std::map<std::string, double>& peaks() const;
 
   const std::vector<Result>& results() const;
+  /// Prints the table header (main calls it once before the entries run).
+  void print_header() const;
+  /// Records an entry that threw (it appears in the JSON under "failures").
+  void add_failure(const std::string& entry, const std::string& error);
+  /// The whole run as one JSON document: device, peaks, results, failures.
+  std::string json() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
 };
 
 using EntryFn = void (*)(Context&);
 int register_entry(const char* name, int order, EntryFn fn);
+
+struct Entry {
+  std::string name;
+  int order;
+  EntryFn fn;
+};
+/// Every registered entry, sorted by (order, name).
+std::vector<Entry> registered_entries();
 
 }  // namespace kiln::bench
 

@@ -1,0 +1,335 @@
+#!/usr/bin/env python3
+"""PyTorch counterparts of kiln-bench entries, for `kiln-bench --compare`.
+
+Run on the GPU machine (PyTorch 2.x with CUDA):
+
+    python3 bench/torch_bench.py --json torch.json [--quick] [--filter REGEX] [--no-compile]
+    build/bench/kiln-bench --json kiln.json --compare torch.json
+
+Every result carries the same (name, backend, shape) key as the matching
+kiln-bench row, so the table gains a "torch ms" column and a speedup
+(torch ms / kiln ms; above 1 means kiln is faster). Timing follows
+bench/harness.h: warm-up, a write over twice the L2 between repeats, CUDA
+events around each call, the median reported.
+
+Adding an entry is a few lines:
+
+    @entry("layernorm_forward")
+    def layernorm_forward(ctx):
+        x = ctx.randn(8192, 768, dtype=torch.bfloat16)
+        ln = torch.nn.LayerNorm(768, device="cuda", dtype=torch.bfloat16)
+        ctx.measure("layernorm_forward", "8192x768 bf16", lambda: ln(x),
+                    bytes=2 * x.numel() * 2, compile=True)
+
+`compile=True` also times torch.compile(fn) (as impl "compile") where fusion
+can matter; --compare uses the faster of the two.
+"""
+import argparse
+import json
+import re
+import statistics
+import sys
+import time
+
+REGISTRY = []
+
+
+def entry(name):
+    """Registers fn(ctx) as the PyTorch side of kiln-bench entry `name`."""
+    def deco(fn):
+        REGISTRY.append((name, fn))
+        return fn
+    return deco
+
+
+class Context:
+    def __init__(self, torch, quick, compile_ok, cpu):
+        self.torch = torch
+        self.quick = quick
+        self.compile_ok = compile_ok
+        self.cpu = cpu
+        self.backend = "cpu" if cpu else "cuda"
+        self.results = []
+        if not cpu:
+            props = torch.cuda.get_device_properties(0)
+            l2 = getattr(props, "L2_cache_size", 50 << 20)
+            self.flush = torch.empty(max(2 * l2, 64 << 20), dtype=torch.uint8, device="cuda")
+
+    def randn(self, *shape, dtype=None):
+        """Random data on the benchmark device (never zeros)."""
+        t = self.torch
+        return t.randn(*shape, dtype=dtype or t.float32, device=self.backend)
+
+    def time(self, fn, repeats=20, warmup=3):
+        """Median milliseconds of fn()."""
+        t = self.torch
+        for _ in range(warmup):
+            fn()
+        if self.cpu:
+            samples = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                fn()
+                samples.append((time.perf_counter() - t0) * 1e3)
+            return statistics.median(samples)
+        t.cuda.synchronize()
+        starts = [t.cuda.Event(enable_timing=True) for _ in range(repeats)]
+        stops = [t.cuda.Event(enable_timing=True) for _ in range(repeats)]
+        for i in range(repeats):
+            self.flush.fill_(i & 0xFF)  # evict the L2
+            starts[i].record()
+            fn()
+            stops[i].record()
+        t.cuda.synchronize()
+        return statistics.median(s.elapsed_time(e) for s, e in zip(starts, stops))
+
+    def report(self, name, shape, ms, impl="eager", bytes=0.0, flops=0.0):
+        r = {"name": name, "backend": self.backend, "shape": shape, "ms": ms, "impl": impl,
+             "bytes": bytes, "flops": flops,
+             "gbps": bytes / (ms * 1e-3) / 1e9 if bytes else 0.0,
+             "tflops": flops / (ms * 1e-3) / 1e12 if flops else 0.0}
+        self.results.append(r)
+        rate = (f"{r['gbps']:9.1f} GB/s" if bytes else "") + (f"{r['tflops']:9.3f} TFLOP/s" if flops else "")
+        print(f"{name:30s} {self.backend:4s} {shape:30s} {impl:8s} {ms:10.4f} ms {rate}", flush=True)
+
+    def measure(self, name, shape, fn, bytes=0.0, flops=0.0, compile=False, repeats=20):
+        """Times fn eagerly and, with compile=True, as torch.compile(fn)."""
+        self.report(name, shape, self.time(fn, repeats), "eager", bytes, flops)
+        if compile and self.compile_ok:
+            compiled = self.torch.compile(fn)
+            self.report(name, shape, self.time(compiled, repeats, warmup=5), "compile", bytes, flops)
+
+
+# --- entries (same names and shapes as bench/*.cpp) ---------------------------------
+
+@entry("copy")
+def copy(ctx):
+    """copy_bench.cpp: 2 x bytes moved per call."""
+    t = ctx.torch
+    if ctx.cpu:
+        mib = 64 if ctx.quick else 256
+    else:
+        mib = 256 if ctx.quick else 1024
+    n = mib << 20
+    src = t.full((n,), 0x5A, dtype=t.uint8, device=ctx.backend)
+    dst = t.empty_like(src)
+    ctx.measure("copy", f"{mib} MiB", lambda: dst.copy_(src), bytes=2.0 * n, repeats=5 if ctx.cpu else 20)
+
+
+@entry("gemm")
+def gemm(ctx):
+    """gemm_bench.cpp: square GEMMs, 2·n³ flops, fp32 accumulation."""
+    t = ctx.torch
+    if ctx.cpu:
+        for n in ([512, 1024] if ctx.quick else [512, 1024, 2048]):
+            a, b = ctx.randn(n, n), ctx.randn(n, n)
+            c = t.empty(n, n)
+            ctx.measure("sgemm", f"{n}x{n}x{n} f32", lambda: t.mm(a, b, out=c), flops=2.0 * n ** 3, repeats=5)
+        return
+    # Same arithmetic as kiln: real fp32 (no TF32) and fp32 accumulation for bf16.
+    t.backends.cuda.matmul.allow_tf32 = False
+    t.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = False
+    for dtype, tag in ((t.bfloat16, "bf16"), (t.float32, "f32")):
+        for n in ([4096] if ctx.quick else [4096, 8192]):
+            a, b = ctx.randn(n, n, dtype=dtype), ctx.randn(n, n, dtype=dtype)
+            c = t.empty(n, n, dtype=dtype, device="cuda")
+            # A lone matmul has nothing to fuse: torch.compile would call the same
+            # cuBLAS kernel, so only eager is timed.
+            ctx.measure(f"gemm_{tag}", f"{n}x{n}x{n} {tag}", lambda: t.mm(a, b, out=c), flops=2.0 * n ** 3)
+
+
+
+# --- activation / dropout / embedding / optimizer / grad norm ------------------------
+# Same names, shapes and byte counts as bench/kernels/{activation,embedding,
+# optimizer,norm}_bench.cpp (see the byte formulas there).
+
+_DROP_P = 0.1
+_VOCAB = 50304
+
+
+def _dtypes(t):
+    return ((t.float32, "f32", 4), (t.bfloat16, "bf16", 2))
+
+
+@entry("activation")
+def activation(ctx):
+    """GELU/ReLU forward+backward, bias add/backward, residual add, dropout."""
+    t = ctx.torch
+    F = t.nn.functional
+    if ctx.cpu:
+        shapes, dtypes = [(128 if ctx.quick else 1024, 768)], ((t.float32, "f32", 4),)
+    else:
+        shapes = [(8192, 768), (8192, 3072)] + ([] if ctx.quick else [(16384, 4096), (16384, 16384)])
+        dtypes = _dtypes(t)
+    for rows, cols in shapes:
+        for dt, tag, s in dtypes:
+            n = rows * cols
+            x = (ctx.randn(rows, cols) * 1.5).to(dt)
+            dy = ctx.randn(rows, cols).to(dt)
+            bias = (ctx.randn(cols) * 0.3).to(dt)
+            dbias = t.zeros(cols, dtype=t.float32, device=ctx.backend)
+            mask = t.ops.aten.native_dropout(x, _DROP_P, True)[1]
+            shape = f"{rows}x{cols} {tag}"
+            c = rows == 8192  # torch.compile only at GPT-2's shapes: each compile costs seconds
+            ctx.measure("gelu_forward", shape, lambda: F.gelu(x, approximate="tanh"), bytes=2.0 * n * s, compile=c)
+            ctx.measure("gelu_backward", shape, lambda: t.ops.aten.gelu_backward(dy, x, approximate="tanh"),
+                        bytes=3.0 * n * s, compile=c)
+            ctx.measure("relu_forward", shape, lambda: t.relu(x), bytes=2.0 * n * s, compile=c)
+            ctx.measure("relu_backward", shape, lambda: t.ops.aten.threshold_backward(dy, x, 0), bytes=3.0 * n * s,
+                        compile=c)
+            ctx.measure("bias_add_forward", shape, lambda: x + bias, bytes=2.0 * n * s + cols * s, compile=c)
+            ctx.measure("bias_backward", shape, lambda: dbias.add_(dy.sum(0, dtype=t.float32)),
+                        bytes=n * s + 8.0 * cols)
+            ctx.measure("residual_add", shape, lambda: x + dy, bytes=3.0 * n * s, compile=c)
+            ctx.measure("dropout_forward", shape, lambda: F.dropout(x, _DROP_P, training=True), bytes=2.0 * n * s,
+                        compile=c)
+            # PyTorch reads a stored 1-byte mask; kiln regenerates it. Bytes as kiln counts them.
+            ctx.measure("dropout_backward", shape,
+                        lambda: t.ops.aten.native_dropout_backward(dy, mask, 1.0 / (1.0 - _DROP_P)),
+                        bytes=2.0 * n * s)
+
+
+@entry("embedding")
+def embedding(ctx):
+    """Token + position embedding forward, and the dense (deterministic) backward."""
+    t = ctx.torch
+    F = t.nn.functional
+    if ctx.cpu:
+        shapes, dtypes = [(1 if ctx.quick else 4, 256, 768)], ((t.float32, "f32", 4),)
+    else:
+        shapes = [(8, 1024, 768)] + ([] if ctx.quick else [(16, 1024, 4096)])
+        dtypes = _dtypes(t)
+    for B, T, C in shapes:
+        for dt, tag, s in dtypes:
+            n = B * T
+            tok = t.randint(0, _VOCAB, (B, T), device=ctx.backend)
+            u = int(t.unique(tok).numel())
+            wte = (ctx.randn(_VOCAB, C) * 0.02).to(dt)
+            wpe = (ctx.randn(T, C) * 0.02).to(dt)
+            pos = t.arange(T, device=ctx.backend)
+            dout = ctx.randn(B, T, C).to(dt)
+            shape = f"{B}x{T}x{C} V{_VOCAB} {tag}"
+            ctx.measure("embedding_forward", shape, lambda: F.embedding(tok, wte) + F.embedding(pos, wpe),
+                        bytes=4.0 * n + 2.0 * n * C * s + T * C * s, compile=C == 768 and not ctx.cpu)
+
+            def backward():
+                dwte = t.ops.aten.embedding_dense_backward(dout.view(-1, C), tok.view(-1), _VOCAB, -1, False)
+                return dwte, dout.sum(0)
+
+            ctx.measure("embedding_backward", shape, backward, bytes=4.0 * n + n * C * s + 8.0 * u * C + 8.0 * T * C)
+
+
+def _gpt_param_sizes(layers, C, V, T):
+    """bench/kernels/bench_util.h gpt_param_sizes: GPT-2's tensor list."""
+    sizes = [V * C, T * C]
+    for _ in range(layers):
+        sizes += [C, C, C * 3 * C, 3 * C, C * C, C, C, C, C * 4 * C, 4 * C, 4 * C * C, C]
+    return sizes + [C, C]
+
+
+def _models(ctx):
+    if ctx.cpu:
+        sizes = _gpt_param_sizes(2, 256, 4096, 256)
+        return [(f"gpt-2x256 ({sum(sizes)} params)", sizes)]
+    models = [("gpt2-124M", _gpt_param_sizes(12, 768, _VOCAB, 1024))]
+    if not ctx.quick:
+        models.append(("gpt-1.1B", _gpt_param_sizes(20, 2048, _VOCAB, 1024)))
+    return [(f"{label} ({len(sizes)} tensors)", sizes) for label, sizes in models]
+
+
+def _params(ctx, sizes):
+    t = ctx.torch
+    ps = [t.nn.Parameter(ctx.randn(n) * 0.05) for n in sizes]
+    for p in ps:
+        p.grad = t.randn_like(p)
+    return ps
+
+
+@entry("optimizer")
+def optimizer(ctx):
+    """One AdamW step (fused and foreach; with a bf16 weight copy) and one SGD-momentum step."""
+    t = ctx.torch
+    for shape, sizes in _models(ctx):
+        params = float(sum(sizes))
+        ps = _params(ctx, sizes)
+        if ctx.cpu:
+            adam = {"eager": t.optim.AdamW(ps, lr=1e-4, weight_decay=0.1)}
+        else:
+            adam = {"fused": t.optim.AdamW(ps, lr=1e-4, weight_decay=0.1, fused=True),
+                    "foreach": t.optim.AdamW(ps, lr=1e-4, weight_decay=0.1, foreach=True)}
+        for impl, opt in adam.items():
+            ctx.report("adamw_step", shape, ctx.time(opt.step), impl, 28.0 * params)
+        if not ctx.cpu:
+            copies = [t.empty(p.numel(), dtype=t.bfloat16, device="cuda") for p in ps]
+            fused = adam["fused"]
+
+            def step_and_copy():
+                fused.step()
+                t._foreach_copy_(copies, ps)
+
+            ctx.report("adamw_step_bf16_copy", shape, ctx.time(step_and_copy), "fused", 30.0 * params)
+            del copies
+        sgd = t.optim.SGD(ps, lr=1e-4, momentum=0.9)
+        ctx.report("sgd_momentum_step", shape, ctx.time(sgd.step), "eager", 20.0 * params)
+        del ps, adam, sgd
+        if not ctx.cpu:
+            t.cuda.empty_cache()
+
+
+@entry("grad_norm")
+def grad_norm(ctx):
+    """Global gradient norm + clipping over the model's gradient list."""
+    t = ctx.torch
+    for shape, sizes in _models(ctx):
+        ps = _params(ctx, sizes)
+        ctx.measure("grad_norm_clip", shape, lambda: t.nn.utils.clip_grad_norm_(ps, 1.0), bytes=4.0 * sum(sizes))
+        del ps
+        if not ctx.cpu:
+            t.cuda.empty_cache()
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--json", help="where to write the results (required unless --list)")
+    p.add_argument("--quick", action="store_true", help="the shapes of kiln-bench --quick")
+    p.add_argument("--filter", default="", help="run the entries whose name matches this regex")
+    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
+    p.add_argument("--cpu", action="store_true", help="time the CPU entries instead (plumbing checks)")
+    p.add_argument("--list", action="store_true", help="print the entries and exit")
+    args = p.parse_args(argv)
+    if args.list:
+        for name, _ in REGISTRY:
+            print(name)
+        return 0
+    if not args.json:
+        p.error("--json PATH is required")
+    try:
+        import torch  # imported late so --list and --help work without PyTorch
+    except ImportError as e:
+        print(f"torch_bench: PyTorch is not installed ({e})", file=sys.stderr)
+        return 2
+    if not args.cpu and not torch.cuda.is_available():
+        print("torch_bench: no CUDA device visible to PyTorch; use --cpu for the CPU entries", file=sys.stderr)
+        return 2
+    ctx = Context(torch, args.quick, not args.no_compile, args.cpu)
+    pattern = re.compile(args.filter)
+    failed = []
+    for name, fn in REGISTRY:
+        if not pattern.search(name):
+            continue
+        try:
+            fn(ctx)
+        except Exception as e:  # report, keep going, fail at the end
+            print(f"torch_bench: entry '{name}' failed: {e!r}", file=sys.stderr)
+            failed.append({"entry": name, "error": repr(e)})
+    doc = {"tool": "torch_bench", "torch": torch.__version__,
+           "device": "cpu" if args.cpu else torch.cuda.get_device_name(0),
+           "quick": args.quick, "results": ctx.results, "failures": failed}
+    with open(args.json, "w") as f:
+        json.dump(doc, f, indent=2)
+    print(f"torch_bench: {len(ctx.results)} results, {len(failed)} failed entries -> {args.json}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -260,6 +260,13 @@ std::string save_checkpoint(const std::string& run_dir, int64_t step, const std:
   return final_dir;
 }
 
+std::string save_checkpoint(const std::string& run_dir, int64_t step, const std::vector<NamedTensor>& weights,
+                            const std::vector<NamedTensor>& optimizer_state, const nlohmann::json& state,
+                            const std::map<std::string, std::string>& weights_metadata) {
+  StHostViews w(weights), o(optimizer_state);
+  return save_checkpoint(run_dir, step, w.views(), o.views(), state, weights_metadata);
+}
+
 void verify_checkpoint(const std::string& dir) {
   if (!fs::is_directory(dir)) throw InputError("checkpoint '" + dir + "' is not a directory");
   Manifest m = read_manifest(dir);

@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "data/safetensors.h"
+#include "data/safetensors_tensor.h"
 
 namespace kiln {
 
@@ -49,7 +50,15 @@ std::string save_checkpoint(const std::string& run_dir, int64_t step, const std:
                             const std::vector<StTensorView>& optimizer_state, const nlohmann::json& state,
                             const std::map<std::string, std::string>& weights_metadata = {});
 
-/// A loaded checkpoint; the tensors' bytes live in the files' buffers.
+/// save_checkpoint for tensors on any device (copied to the host first), e.g.
+/// the model's (name, value) pairs and the optimizer's state().
+std::string save_checkpoint(const std::string& run_dir, int64_t step, const std::vector<NamedTensor>& weights,
+                            const std::vector<NamedTensor>& optimizer_state, const nlohmann::json& state,
+                            const std::map<std::string, std::string>& weights_metadata = {});
+
+/// A loaded checkpoint; the tensors' bytes live in the files' buffers
+/// (to_tensor / load_into / load_tensors in data/safetensors_tensor.h turn
+/// them into tensors).
 struct Checkpoint {
   std::string dir;
   int64_t step = -1;

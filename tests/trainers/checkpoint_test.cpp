@@ -17,6 +17,7 @@
 #include <thread>
 
 #include "runtime/error.h"
+#include "runtime/tensor.h"
 
 namespace kiln {
 namespace {
@@ -122,11 +123,27 @@ TEST_F(CheckpointTest, RoundTrip) {
   EXPECT_NO_THROW(verify_checkpoint(dir));
 }
 
+TEST_F(CheckpointTest, RoundTripFromTensors) {
+  Device cpu = Device::cpu();
+  Tensor w = Tensor::from_vector(w0_, Shape{3, 4}, DType::f32, cpu);
+  Tensor m = Tensor::from_vector(m0_, Shape{3, 4}, DType::f32, cpu);
+  std::string dir = save_checkpoint(run_, 3, std::vector<NamedTensor>{{"layers.0.weight", w}},
+                                    std::vector<NamedTensor>{{"layers.0.weight.exp_avg", m}}, json{{"epoch", 0}});
+  Checkpoint ck = load_checkpoint(dir);
+  Tensor w2 = Tensor::zeros(Shape{3, 4}, DType::f32, cpu);
+  Tensor m2 = Tensor::zeros(Shape{3, 4}, DType::f32, cpu);
+  load_tensors(ck.weights, {{"layers.0.weight", w2}});
+  load_tensors(ck.optimizer, {{"layers.0.weight.exp_avg", m2}});
+  EXPECT_EQ(w2.to_vector(), w0_);
+  EXPECT_EQ(m2.to_vector(), m0_);
+}
+
 TEST_F(CheckpointTest, StateStepMustAgree) {
   EXPECT_THROW(save_checkpoint(run_, 5, weights(), optimizer(), json{{"step", 6}}), Error);
   EXPECT_THROW(save_checkpoint(run_, 5, weights(), optimizer(), json::array()), Error);
   EXPECT_NO_THROW(save_checkpoint(run_, 5, weights(), optimizer(), json{{"step", 5}}));
-  EXPECT_NO_THROW(save_checkpoint(run_, 6, {}, {}, json()));  // null state: just the step
+  const std::vector<StTensorView> none;
+  EXPECT_NO_THROW(save_checkpoint(run_, 6, none, none, json()));  // null state: just the step
   EXPECT_EQ(load_checkpoint(run_ + "/checkpoints/step_000006").state, (json{{"step", 6}}));
 }
 

@@ -288,6 +288,77 @@ def grad_norm(ctx):
             t.cuda.empty_cache()
 
 
+# --- attention (bench/kernels/attention_bench.cpp) -----------------------------------
+# Same names, shapes, FLOP and byte counts as kiln's entry: forward 4·B·H·T²·D
+# FLOPs (halved when causal), backward 2.5x that; B·T = 16k tokens, H·D = 2048.
+# q, k, v are made in kiln's (B, T, H, D) layout and handed to SDPA as
+# (B, H, T, D) transposed views (no copy), as a model with a (B, T, 3·C) QKV
+# projection would. One row per SDPA backend ("flash", "cudnn"); --compare
+# takes the faster.
+
+def _attention_shape(B, T, H, D, causal, tag):
+    return f"B{B} T{T} H{H} D{D} {'causal' if causal else 'full'} {tag}"
+
+
+def _sdpa(t, q, k, v, causal):
+    """scaled_dot_product_attention, or its math on a PyTorch without it (the
+    Debian 1.13 CPU build; the CPU rows are plumbing checks only)."""
+    F = t.nn.functional
+    if hasattr(F, "scaled_dot_product_attention"):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    s = q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5
+    if causal:
+        T = q.shape[-2]
+        s = s.masked_fill(t.ones(T, T, dtype=t.bool, device=q.device).triu(1), float("-inf"))
+    return t.softmax(s, dim=-1) @ v
+
+
+def _attention_rows(ctx, B, T, H, D, causal, tag, dtype, impls):
+    t = ctx.torch
+    n = B * T * H * D
+    s = t.finfo(dtype).bits // 8
+    flops = 4.0 * B * H * T * T * D / (2 if causal else 1)
+    fwd_bytes = 4.0 * n * s + 4.0 * B * H * T
+    bwd_bytes = 8.0 * n * s + 12.0 * B * H * T
+    shape = _attention_shape(B, T, H, D, causal, tag)
+    q, k, v, dout = (ctx.randn(B, T, H, D, dtype=dtype).transpose(1, 2) for _ in range(4))  # (B, H, T, D) views
+    for impl, backends in impls:
+        try:
+            with backends():
+                ms = ctx.time(lambda: _sdpa(t, q, k, v, causal))
+                ctx.report("attention_forward", shape, ms, impl, fwd_bytes, flops)
+                qg, kg, vg = (x.detach().requires_grad_() for x in (q, k, v))
+                out = _sdpa(t, qg, kg, vg, causal)
+                ms = ctx.time(lambda: t.autograd.grad(out, (qg, kg, vg), dout, retain_graph=True))
+                ctx.report("attention_backward", shape, ms, impl, bwd_bytes, 2.5 * flops)
+                del out, qg, kg, vg
+        except RuntimeError as e:  # a backend that rejects the shape or the machine: say so, keep going
+            print(f"torch_bench: attention {impl} {shape}: {e}", file=sys.stderr)
+
+
+@entry("attention")
+def attention(ctx):
+    """Fused attention forward and backward through scaled_dot_product_attention."""
+    t = ctx.torch
+    import contextlib
+    if ctx.cpu:
+        T = 128 if ctx.quick else 256
+        for causal in (False, True):
+            _attention_rows(ctx, 1, T, 4, 64, causal, "f32", t.float32, (("eager", contextlib.nullcontext),))
+        return
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    impls = (("flash", lambda: sdpa_kernel(SDPBackend.FLASH_ATTENTION)),
+             ("cudnn", lambda: sdpa_kernel(SDPBackend.CUDNN_ATTENTION)))
+    tokens, width = 16384, 2048
+    Ts = [1024, 4096] if ctx.quick else [512, 1024, 2048, 4096, 8192, 16384]
+    for D in (64, 128):
+        for causal in (False, True):
+            for T in Ts:
+                _attention_rows(ctx, tokens // T, T, width // D, D, causal, "bf16", t.bfloat16, impls)
+                t.cuda.empty_cache()
+
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--json", help="where to write the results (required unless --list)")

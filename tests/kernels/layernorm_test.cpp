@@ -201,10 +201,10 @@ TEST(LayerNormCpu, ScratchSizeDependsOnShapeOnly) {
 #if KILN_WITH_CUDA
 using test::OffsetBuffer;
 
-// Row lengths: the harness's list, the warp/block boundary for each dtype
-// (1024 fp32 / 2048 bf16 elements in the forward; 512/1024 in the backward),
-// rows past the register cache of a 512-thread block (16384 elements: streamed),
-// and rows whose accumulators exceed shared memory (2·C·4 bytes > 227 KB).
+// Row lengths: the harness's list, around the warp/block boundary (a warp
+// caches 1024 elements of either dtype), rows past the register cache of a
+// 512-thread block (16384 elements: streamed), and rows whose backward
+// accumulators exceed shared memory (2·C·4 bytes > 227 KB: C = 30011).
 std::vector<int64_t> ln_sizes() {
   std::vector<int64_t> s = test::standard_sizes();
   for (int64_t c : {512, 513, 1024, 1025, 2048, 2049, 16384, 16411, 30011}) s.push_back(c);

@@ -359,6 +359,122 @@ def attention(ctx):
 
 
 
+# --- layernorm / softmax / cross-entropy ----------------------------------------------
+# Same names, shapes and byte counts as bench/kernels/{layernorm,softmax,
+# cross_entropy}_bench.cpp (see the byte formulas there).
+
+_LN_EPS = 1e-5
+
+
+@entry("layernorm")
+def layernorm(ctx):
+    """LayerNorm forward, residual add + LayerNorm, backward (dx, dweight, dbias).
+
+    Weight and bias are fp32 with bf16 activations, as in kiln (PyTorch's CUDA
+    layer norm takes that mix). PyTorch's backward returns fresh dweight/dbias
+    rather than accumulating; the 16·C bytes kiln counts for that are noise."""
+    t = ctx.torch
+    F = t.nn.functional
+    if ctx.cpu:
+        shapes, dtypes = [(256 if ctx.quick else 1024, 768)], ((t.float32, "f32", 4),)
+    else:
+        shapes = [(8192, 768), (16384, 4096)] + ([] if ctx.quick else [(16384, 16384)])
+        dtypes = _dtypes(t)
+    for rows, C in shapes:
+        for dt, tag, s in dtypes:
+            n = rows * C
+            x, r, dy = ctx.randn(rows, C).to(dt), ctx.randn(rows, C).to(dt), ctx.randn(rows, C).to(dt)
+            w, b = ctx.randn(C) * 0.1 + 1.0, ctx.randn(C) * 0.1
+            _, mean, rstd = t.ops.aten.native_layer_norm(x, [C], w, b, _LN_EPS)
+            shape = f"{rows}x{C} {tag}"
+            c = rows == 8192  # torch.compile only at GPT-2's shape: each compile costs seconds
+
+            def residual():
+                s_ = x + r
+                return s_, F.layer_norm(s_, (C,), w, b, _LN_EPS)
+
+            ctx.measure("layernorm_forward", shape, lambda: F.layer_norm(x, (C,), w, b, _LN_EPS),
+                        bytes=2.0 * n * s + 8.0 * rows + 8.0 * C, compile=c)
+            ctx.measure("layernorm_residual_forward", shape, residual, bytes=4.0 * n * s + 8.0 * rows + 8.0 * C,
+                        compile=c)
+            ctx.measure("layernorm_backward", shape,
+                        lambda: t.ops.aten.native_layer_norm_backward(dy, x, [C], mean, rstd, w, b,
+                                                                      [True, True, True]),
+                        bytes=3.0 * n * s + 8.0 * rows + 20.0 * C)
+            del x, r, dy, mean, rstd
+        if not ctx.cpu:
+            t.cuda.empty_cache()
+
+
+@entry("softmax")
+def softmax(ctx):
+    """Softmax over rows, forward and backward."""
+    t = ctx.torch
+    if ctx.cpu:
+        shapes = [(256, 768)] if ctx.quick else [(1024, 768), (64, 50304)]
+        dtypes = ((t.float32, "f32", 4),)
+    else:
+        shapes = [(8192, 768), (8192, 50304)] + ([] if ctx.quick else [(16384, 4096), (16384, 16384)])
+        dtypes = _dtypes(t)
+    for rows, C in shapes:
+        for dt, tag, s in dtypes:
+            n = rows * C
+            x, dy = (ctx.randn(rows, C) * 3.0).to(dt), ctx.randn(rows, C).to(dt)
+            y = t.softmax(x, -1)
+            shape = f"{rows}x{C} {tag}"
+            c = rows == 8192
+            ctx.measure("softmax_forward", shape, lambda: t.softmax(x, -1), bytes=2.0 * n * s, compile=c)
+            ctx.measure("softmax_backward", shape, lambda: t.ops.aten._softmax_backward_data(dy, y, -1, dt),
+                        bytes=3.0 * n * s, compile=c)
+            del x, dy, y
+        if not ctx.cpu:
+            t.cuda.empty_cache()
+
+
+@entry("cross_entropy")
+def cross_entropy(ctx):
+    """F.cross_entropy (mean over rows) forward alone, and forward + backward to
+    dlogits, on logits (rows, Vp) whose first V columns are the vocabulary (a
+    padded vocabulary is sliced, as a GPT-2 with a padded lm_head does)."""
+    t = ctx.torch
+    F = t.nn.functional
+    if ctx.cpu:
+        shapes, dtypes = [(16 if ctx.quick else 64, 50257, 50304)], ((t.float32, "f32", 4),)
+    else:
+        shapes = [(8192, 50257, 50304)]
+        if not ctx.quick:
+            shapes += [(8192, 50257, 50257), (16384, 4096, 4096), (16384, 16384, 16384)]
+        dtypes = _dtypes(t)
+    for rows, V, Vp in shapes:
+        for dt, tag, s in dtypes:
+            logits = (ctx.randn(rows, Vp) * 3.0).to(dt).requires_grad_(True)
+            targets = t.randint(0, V, (rows,), device=ctx.backend)
+            shape = f"{rows}x{Vp} V{V} {tag}"
+            c = rows == 8192 and not ctx.cpu
+
+            def loss_fn(l, tg, V=V):
+                return F.cross_entropy(l[:, :V], tg)
+
+            def forward():
+                with t.no_grad():
+                    return loss_fn(logits, targets)
+
+            def fused(fn=loss_fn):
+                logits.grad = None
+                fn(logits, targets).backward()
+
+            ctx.measure("cross_entropy_forward", shape, forward, bytes=rows * V * s + 8.0 * rows, compile=c)
+            fused_bytes = rows * (V + Vp) * s + 8.0 * rows
+            ctx.measure("cross_entropy_forward_backward", shape, fused, bytes=fused_bytes)
+            if c and ctx.compile_ok:  # compile the loss; autograd runs its compiled backward
+                compiled = t.compile(loss_fn)
+                ms = ctx.time(lambda: fused(compiled), warmup=5)
+                ctx.report("cross_entropy_forward_backward", shape, ms, "compile", bytes=fused_bytes)
+            del logits, targets
+        if not ctx.cpu:
+            t.cuda.empty_cache()
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--json", help="where to write the results (required unless --list)")

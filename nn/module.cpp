@@ -41,7 +41,10 @@ void Module::collect(const std::string& prefix, std::vector<Parameter*>& out) {
     }
     out.push_back(p);
   }
-  for (auto& c : children_) c.second->collect(prefix + c.first + ".", out);
+  // A child registered under "" contributes no name part: its parameters
+  // read as the parent's own (GPT's embedding owns "wte.weight" and
+  // "wpe.weight" at the top level, as in Hugging Face GPT-2).
+  for (auto& c : children_) c.second->collect(c.first.empty() ? prefix : prefix + c.first + ".", out);
 }
 
 std::vector<Parameter*> Module::parameters() {

@@ -69,7 +69,8 @@ class Module {
   /// Registers a parameter (allocates its gradient). `name` is local ("weight").
   Parameter& register_parameter(const std::string& name, Tensor value, bool decay);
   /// Registers a child module owned elsewhere (usually a member or a
-  /// unique_ptr held by this module). `name` is local ("0", "attn").
+  /// unique_ptr held by this module). `name` is local ("0", "attn"); an
+  /// empty name adds no part to its parameters' names.
   void register_module(const std::string& name, Module* child);
   /// Called by to() after parameters moved; modules with extra state override.
   virtual void on_device_change() {}

@@ -1,0 +1,54 @@
+// GPT token + learned position embedding (kernels/embedding.h):
+//
+//   out (B, T, C) = wte (Vp, C)[tokens (B, T)] + wpe (T_max, C)[pos0 + t]
+//
+// The token table has Vp = vocabulary padded up (GPT: to a multiple of 128)
+// rows; ids must lie in [0, V). Rows [V, Vp) are never looked up; they exist
+// so a tied LM head (logits = x · wteᵀ) produces Vp columns with tensor-core
+// friendly sizes, and they start at zero. The table is a public Parameter so
+// that head can read it and add its own gradient into wte.grad.
+//
+// Out-of-range ids are an InputError naming the id and its position, on the
+// CPU and on the GPU (there the kernel records the first bad position in a
+// status word, checked right after the launch).
+#pragma once
+
+#include "nn/module.h"
+
+namespace kiln::nn {
+
+class Embedding : public Module {
+ public:
+  /// Tables drawn from N(0, std²) with Philox (seed, offset); padding rows
+  /// zero. Parameter names "wte.weight" and "wpe.weight" (Hugging Face
+  /// GPT-2's); both are weight-decayed 2-D matrices.
+  Embedding(int64_t vocab, int64_t padded_vocab, int64_t max_positions, int64_t C, float std, uint64_t seed,
+            uint64_t offset);
+
+  /// tokens (B, T) int32 on the module's device -> (B, T, C) in the compute dtype.
+  Tensor forward(const Tensor& tokens) override { return forward_at(tokens, 0); }
+  /// Positions start at pos0 (decoding with a KV cache): pos0 + T <= max_positions.
+  Tensor forward_at(const Tensor& tokens, int64_t pos0);
+  /// dout (B, T, C) -> undefined (tokens have no gradient); dwte, dwpe += ...
+  /// Only after a forward with pos0 = 0.
+  Tensor backward(const Tensor& dout) override;
+  std::string describe() const override;
+
+  Parameter& wte() { return *wte_; }
+  Parameter& wpe() { return *wpe_; }
+  int64_t vocab() const { return V_; }
+  int64_t padded_vocab() const { return Vp_; }
+  /// Philox counter offset after the init draws (for the next consumer).
+  uint64_t next_offset() const { return next_offset_; }
+
+ private:
+  int64_t V_, Vp_, Tmax_, C_;
+  Parameter* wte_ = nullptr;
+  Parameter* wpe_ = nullptr;
+  uint64_t next_offset_ = 0;
+  Tensor tokens_;  // (B, T) saved for backward
+  int64_t pos0_ = 0;
+  Tensor status_;  // GPU: int32 status word of the id range check
+};
+
+}  // namespace kiln::nn

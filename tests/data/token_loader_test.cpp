@@ -52,7 +52,9 @@ void expect_windows(const Batch& b, int64_t B, int64_t T) {
   for (int64_t r = 0; r < B; ++r) {
     for (int64_t t = 0; t < T; ++t) {
       ASSERT_EQ(b.y[r * T + t], b.x[r * T + t] + 1) << "row " << r << " t " << t;
-      if (t + 1 < T) ASSERT_EQ(b.x[r * T + t + 1], b.y[r * T + t]);
+      if (t + 1 < T) {
+        ASSERT_EQ(b.x[r * T + t + 1], b.y[r * T + t]);
+      }
     }
   }
 }

@@ -326,6 +326,8 @@ std::vector<int32_t> Gpt::generate(const std::vector<int32_t>& prompt, const Gen
     std::vector<float> logits =
         o.use_cache ? prefill(std::min<int64_t>(static_cast<int64_t>(seq.size()), Tmax)) : next_token_logits(seq);
     for (int64_t i = 0; i < o.max_new_tokens; ++i) {
+      if (i < o.min_new_tokens && o.stop_token >= 0 && o.stop_token < o_.vocab_size)
+        logits[static_cast<size_t>(o.stop_token)] = -INFINITY;  // as Hugging Face's min_new_tokens
       const int32_t next = pick_token(logits, o, static_cast<uint64_t>(i));
       out.push_back(next);
       seq.push_back(next);

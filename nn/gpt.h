@@ -111,6 +111,7 @@ struct GenerateOptions {
   int64_t top_k = 0;         ///< sample among the k most likely tokens (0 = all)
   uint64_t seed = 0;         ///< Philox seed of the draws
   int32_t stop_token = -1;   ///< stop after producing this id (e.g. <|endoftext|>); -1 = never
+  int64_t min_new_tokens = 0;  ///< the stop token cannot be drawn before this many tokens
   bool use_cache = true;     ///< KV cache (O(T) per token) or full recompute (O(T²), for tests)
 };
 

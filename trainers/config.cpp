@@ -91,7 +91,7 @@ void declare(Schema& s) {
   data.number("val_fraction", &DataConfig::val_fraction, 0.1, "part of the training set held out for validation")
       .min(0.0)
       .below(1.0)
-      .when("data.type", {"fashion_mnist", "mnist", "idx", "sft"});
+      .when("data.type", {"fashion_mnist", "mnist", "idx", "sft", "tokens"});
   data.boolean("normalize", &DataConfig::normalize, true, "standardize pixels: (x/255 - mean) / std")
       .when("data.type", images);
   data.number("mean", &DataConfig::mean, 0.2860, "pixel mean after scaling to [0, 1] (Fashion-MNIST's)")

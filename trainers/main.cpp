@@ -6,6 +6,8 @@
 //   kiln plot RUN_DIR [--out FILE.svg]
 //   kiln tokenizer train|encode|decode ...
 //   kiln data prepare ...
+//   kiln sample CHECKPOINT_OR_RUN_DIR [--prompt TEXT] [--tokens N] ...
+//   kiln export CHECKPOINT_OR_RUN_DIR --out FILE.safetensors
 //   kiln keys                                 every config key, its default and doc
 //
 // Exit status: 0 success, 2 bad input (config, files, arguments: the message
@@ -17,6 +19,8 @@
 
 #include "runtime/error.h"
 #include "trainers/cmd_data.h"
+#include "trainers/cmd_export.h"
+#include "trainers/cmd_sample.h"
 #include "trainers/cmd_tokenizer.h"
 #include "trainers/config.h"
 #include "trainers/plot.h"
@@ -33,6 +37,8 @@ void usage(FILE* f) {
                "  plot RUN_DIR [--out FILE.svg]         draw loss/accuracy curves\n"
                "  tokenizer train|encode|decode ...     BPE tokenizer tools\n"
                "  data prepare ...                      write token shards\n"
+               "  sample DIR [--prompt TEXT] [--tokens N] [--temperature T] [--top-k K]  text from a GPT\n"
+               "  export DIR --out FILE.safetensors     a GPT as Hugging Face GPT-2 weights\n"
                "  keys                                  list every config key\n");
 }
 
@@ -105,6 +111,8 @@ int main(int argc, char** argv) {
     if (cmd == "plot") return kiln::cmd_plot(argc - 1, argv + 1);  // argv[0] = "plot"
     if (cmd == "tokenizer") return kiln::cmd_tokenizer(argc - 2, argv + 2);
     if (cmd == "data") return kiln::cmd_data(argc - 2, argv + 2);
+    if (cmd == "sample") return kiln::cmd_sample(argc - 2, argv + 2);
+    if (cmd == "export") return kiln::cmd_export(argc - 2, argv + 2);
     if (cmd == "keys") {
       std::printf("%s", kiln::config_reference().c_str());
       return 0;

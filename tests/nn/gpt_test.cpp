@@ -427,6 +427,12 @@ TEST(GptGenerate, PastTheContextAndStopToken) {
   std::vector<int32_t> stopped = m->generate({1, 2}, g);
   const size_t first = static_cast<size_t>(std::find(out.begin(), out.end(), out[4]) - out.begin());
   EXPECT_EQ(stopped.size(), first + 1);
+  // min_new_tokens: the stop token cannot be drawn before then.
+  g.min_new_tokens = 40;
+  std::vector<int32_t> full = m->generate({1, 2}, g);
+  EXPECT_EQ(full.size(), 40u);
+  EXPECT_EQ(std::count(full.begin(), full.end(), out[4]), 0);
+  g.min_new_tokens = 0;
   EXPECT_THROW(m->generate({}, g), InputError);
   EXPECT_THROW(m->generate({61}, g), InputError);
 }

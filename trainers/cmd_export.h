@@ -1,0 +1,23 @@
+// `kiln export`: a GPT checkpoint as a Hugging Face GPT-2 safetensors file.
+//
+//   kiln export DIR --out FILE.safetensors
+//
+// DIR is a checkpoint or run directory (as for kiln sample). The file holds
+// the weights under Hugging Face GPT-2's names and layout (nn/gpt_io.h), so
+//   GPT2LMHeadModel(GPT2Config(vocab_size=V, n_positions=T, n_embd=C,
+//                              n_layer=L, n_head=H)).transformer
+//       .load_state_dict(safetensors.torch.load_file(FILE), strict=False)
+// loads it (strict=False only for the causal-mask buffers older
+// transformers versions keep in the state dict); the architecture is in the
+// file's metadata.
+#pragma once
+
+#include <cstdio>
+
+namespace kiln {
+
+/// argv[0] is DIR. Returns 0 on success; 2 for a usage error or bad input.
+int cmd_export(int argc, char** argv);
+int cmd_export(int argc, char** argv, std::FILE* out, std::FILE* err);
+
+}  // namespace kiln

@@ -6,11 +6,21 @@
 // batch > 1 repeats the product with A += stride_a, B += stride_b, C += stride_c
 // (in elements).
 //
-// Inputs fp32 or bf16 (fp32 accumulation always), output fp32 or bf16; fp64 on
-// the CPU for the finite-difference checks. The GPU epilogues let layers fuse
-// a bias add (bias has N elements, broadcast over rows) and GELU (tanh form)
-// into the matmul; with gelu_aux the pre-GELU values are written to `aux` for
-// the backward pass.
+// Inputs fp32 or bf16 (fp32 accumulation always), output fp32 or bf16 (not
+// fp32 in with bf16 out: cuBLASLt has no such kernel); fp64 in and out on the
+// CPU only, for the finite-difference checks. GPU fp32 is true fp32, never
+// TF32. On the CPU, bf16 inputs are widened to fp32 and OpenBLAS sgemm runs.
+//
+// Epilogues (both backends) let layers fuse a bias add (bias has N elements of
+// out_dtype, broadcast over rows and batches) and GELU (tanh form) into the
+// matmul: C = gelu(alpha·op(A)·op(B) + beta·C + bias). With gelu_aux the
+// pre-GELU values are also written to gelu_aux (out_dtype, M×N row-major per
+// batch, batch stride M·N) for the backward pass; on CUDA that needs N % 8 == 0
+// (cuBLASLt's aux leading dimension).
+//
+// Degenerate shapes: m == 0 or n == 0 does nothing; k == 0 gives
+// C = beta·C (+ epilogue), on CUDA through a host round trip; a leading
+// dimension may be 0 when its matrix has no columns.
 #pragma once
 
 #include <cstdint>

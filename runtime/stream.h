@@ -50,7 +50,8 @@ class Event {
 };
 
 /// The stream compute on device d runs on in this process (created once per
-/// device). nullptr for the CPU.
+/// device, never destroyed). A blocking stream, so it stays ordered with
+/// anything still issued on the legacy default stream. nullptr for the CPU.
 cudaStream_t compute_stream(Device d);
 
 }  // namespace kiln

@@ -89,19 +89,27 @@ class Tensor {
   /// Same elements, new shape (numel must match).
   Tensor reshape(const Shape& shape) const;
 
-  /// Copy to another device (synchronous with respect to the host).
+  /// A copy on device d (always a new tensor, also when d == device()).
+  /// Copies that touch the host are synchronous with respect to the host.
   Tensor to(Device d) const;
-  /// Same values in another dtype (on the same device).
+  /// Same values in another dtype (on the same device), with the rounding of
+  /// kernels/cast.h. CPU: every pair but f16. CUDA: to f32 or bf16 from f32,
+  /// bf16, i32, u16 and u8.
   Tensor cast(DType t) const;
   Tensor clone() const;
   /// Copies src's elements into this tensor (same numel and dtype, any devices).
+  /// Host<->device copies run on the GPU's compute stream and wait for it;
+  /// device-to-device copies on one GPU are stream-ordered only.
   void copy_from(const Tensor& src);
 
+  /// value converted once on the host (to float, bf16 or the integer type),
+  /// so CPU and GPU tensors hold the same bits. Not for f16.
   void fill_(double value);
   void zero_();
   /// Philox fills: element i gets uniform/normal sample i of stream
-  /// (seed, offset) — identical on CPU and GPU. Returns the counter offset a
-  /// following draw should use so streams never overlap.
+  /// (seed, offset) — identical on CPU and GPU (f32, bf16; f64 on the CPU).
+  /// Returns the counter offset a following draw should use so streams never
+  /// overlap (offset + ceil(n/4) for uniform, offset + ceil(n/2) for normal).
   uint64_t uniform_(uint64_t seed, uint64_t offset, float lo = 0.0f, float hi = 1.0f);
   uint64_t normal_(uint64_t seed, uint64_t offset, float mean = 0.0f, float stddev = 1.0f);
 

@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -203,6 +204,23 @@ TEST(Allocator, BypassModeGoesToTheBackingEveryTime) {
   EXPECT_EQ(s.backing_frees, 10u);
   EXPECT_EQ(s.reserved, 0u);
   EXPECT_EQ(s.cache_hits, 0u);
+}
+
+// KILN_NO_CACHING_ALLOCATOR is read once per process, so the check runs in a
+// fresh child process (the threadsafe death-test style re-executes the binary).
+TEST(Allocator, EnvironmentSwitchBypassesTheProcessAllocators) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(
+      {
+        setenv("KILN_NO_CACHING_ALLOCATOR", "1", 1);
+        CachingAllocator& a = allocator_for(Device::cpu());
+        void* p = a.allocate(1000);
+        a.free(p);
+        const AllocatorStats s = a.stats();
+        std::exit(!a.caching() && s.backing_frees == 1 && s.reserved == 0 ? 0 : 1);
+      },
+      ::testing::ExitedWithCode(0), "KILN_NO_CACHING_ALLOCATOR=1");
+  EXPECT_TRUE(allocator_for(Device::cpu()).caching());  // this process was started without it
 }
 
 TEST(Allocator, PeaksAndReset) {

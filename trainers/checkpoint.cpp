@@ -168,10 +168,26 @@ void require_listed_file(const std::string& path) {
   if (!fs::exists(path)) throw InputError(path + ": missing (listed in " + kCheckpointManifest + ")");
 }
 
+// The whole file, read straight into the buffer the parsed tensors will
+// point into (no second copy: optimizer state can be gigabytes).
 std::shared_ptr<std::vector<uint8_t>> read_bytes(const std::string& path) {
   require_listed_file(path);
-  std::string s = read_whole(path);
-  return std::make_shared<std::vector<uint8_t>>(s.begin(), s.end());
+  FILE* f = std::fopen(path.c_str(), "rb");
+  if (!f) throw InputError("cannot open '" + path + "': " + std::strerror(errno));
+  struct stat st;
+  if (::fstat(fileno(f), &st) != 0) {
+    int err = errno;
+    std::fclose(f);
+    throw InputError("cannot stat '" + path + "': " + std::strerror(err));
+  }
+  auto bytes = std::make_shared<std::vector<uint8_t>>(static_cast<size_t>(st.st_size));
+  size_t got = std::fread(bytes->data(), 1, bytes->size(), f);
+  bool bad = std::ferror(f) != 0;
+  int err = errno;
+  std::fclose(f);
+  if (bad) throw InputError("cannot read '" + path + "': " + std::strerror(err));
+  bytes->resize(got);  // a file that shrank fails the size check that follows
+  return bytes;
 }
 
 // Removes a directory tree, first renaming it out of the step_ namespace.

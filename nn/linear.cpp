@@ -107,6 +107,7 @@ Tensor Linear::backward(const Tensor& dy) {
         [&](auto tag, cudaStream_t s) { using T = decltype(tag);
           bias_backward(db.data<float>(), dy.data<T>(), rows, out_, s); });
   }
+  grads_ready();  // dW and db are final for this backward: their reduction may start
 
   if (!needs_input_grad_) return Tensor();
   // dx (rows, in) = dy (rows, out) · W (out, in)

@@ -87,6 +87,20 @@ void Module::set_placement(Device d, DType compute) {
   for (auto& c : children_) c.second->set_placement(d, compute);
 }
 
+void Module::set_grad_ready_hook(GradReadyHook hook) {
+  set_hook(hook ? std::make_shared<const GradReadyHook>(std::move(hook)) : nullptr);
+}
+
+void Module::set_hook(const std::shared_ptr<const GradReadyHook>& hook) {
+  grad_hook_ = hook;
+  for (auto& c : children_) c.second->set_hook(hook);
+}
+
+void Module::grads_ready() {
+  if (!grad_hook_) return;
+  for (auto& p : params_) (*grad_hook_)(*p);
+}
+
 std::string Module::summary() {
   std::ostringstream os;
   std::function<void(Module*, const std::string&, int)> walk = [&](Module* m, const std::string& name, int depth) {

@@ -54,6 +54,13 @@ class Module {
   int64_t num_parameters();
   /// Sets every gradient to zero.
   void zero_grad();
+  /// Called (through grads_ready()) once a backward has finished adding into
+  /// a parameter's gradient. The data-parallel gradient reducer uses it to
+  /// start reducing a bucket while the rest of backward runs. Setting it on a
+  /// module sets it on the whole subtree; an empty function removes it.
+  using GradReadyHook = std::function<void(Parameter&)>;
+  void set_grad_ready_hook(GradReadyHook hook);
+
   /// Direct children in registration order (name, module).
   const std::vector<std::pair<std::string, Module*>>& children() const { return children_; }
   /// Human-readable tree with parameter counts.
@@ -74,11 +81,17 @@ class Module {
   void register_module(const std::string& name, Module* child);
   /// Called by to() after parameters moved; modules with extra state override.
   virtual void on_device_change() {}
+  /// Modules with parameters call this in backward right after the last
+  /// accumulation into their own parameters' gradients (before computing dx,
+  /// so the reduction overlaps it). Does nothing when no hook is set; a
+  /// module that never calls it is still correct, it only overlaps less.
+  void grads_ready();
 
  private:
   void collect(const std::string& prefix, std::vector<Parameter*>& out);
   void set_training(bool on);
   void set_placement(Device d, DType compute);
+  void set_hook(const std::shared_ptr<const GradReadyHook>& hook);
 
   std::vector<std::unique_ptr<Parameter>> params_;
   std::vector<std::string> local_names_;
@@ -86,6 +99,7 @@ class Module {
   bool training_ = true;
   Device device_ = Device::cpu();
   DType compute_ = DType::f32;
+  std::shared_ptr<const GradReadyHook> grad_hook_;
 };
 
 }  // namespace kiln::nn

@@ -4,6 +4,7 @@
 #include <sstream>
 
 #include "nn/mlp.h"
+#include "runtime/process_info.h"
 
 namespace kiln {
 
@@ -40,6 +41,8 @@ ImageClassificationTask::ImageClassificationTask(const TrainConfig& cfg, Device 
   so.shuffle = cfg.data.shuffle;
   so.drop_last = true;
   so.seed = cfg.seed;
+  so.rank = process_info().rank;  // this process's shard of every global batch
+  so.world = process_info().world;
   so.what = dir + " (train split)";
   sampler_ = std::make_unique<DistributedSampler>(so);
   eval_batch_ = std::max<int64_t>(cfg.train.batch_size, 1000);

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "runtime/error.h"
+#include "runtime/process_info.h"
 #include "trainers/cmd_data.h"
 #include "trainers/cmd_export.h"
 #include "trainers/cmd_sample.h"
@@ -59,8 +60,10 @@ int cmd_train(int argc, char** argv, bool validate_only) {
     std::fprintf(stderr, "kiln: %s is valid\n", argv[2]);
     return 0;
   }
-  std::fprintf(stderr, "kiln: resolved config:\n%s", kiln::to_yaml(cfg, /*docs=*/false).c_str());
+  const bool root = kiln::process_info().is_root();  // under mpirun only rank 0 talks
+  if (root) std::fprintf(stderr, "kiln: resolved config:\n%s", kiln::to_yaml(cfg, /*docs=*/false).c_str());
   kiln::TrainResult r = kiln::train(cfg);
+  if (!root) return 0;
   std::fprintf(stderr, "kiln: done: %lld steps in %.1f s (%.0f examples/s)", static_cast<long long>(r.steps),
                r.wall_s, r.examples_per_s);
   if (r.test_accuracy > 0) std::fprintf(stderr, ", test loss %.4f, test accuracy %.4f", r.test_loss, r.test_accuracy);

@@ -5,6 +5,7 @@
 
 #include "nn/mlp.h"
 #include "runtime/process_info.h"
+#include "trainers/trainer.h"
 
 namespace kiln {
 
@@ -45,6 +46,7 @@ ImageClassificationTask::ImageClassificationTask(const TrainConfig& cfg, Device 
   so.world = process_info().world;
   so.what = dir + " (train split)";
   sampler_ = std::make_unique<DistributedSampler>(so);
+  step_samples_ = plan_batch(cfg, so.world).global;
   eval_batch_ = std::max<int64_t>(cfg.train.batch_size, 1000);
 
   switch (cfg.model.type) {
@@ -96,6 +98,12 @@ Tensor ImageClassificationTask::forward_batch(const ImageDataset& ds, const int6
 
 TaskStats ImageClassificationTask::train_micro_batch(float loss_scale) {
   Batch b;
+  // A step never straddles two epochs (the sampler alone would end an epoch
+  // on a micro-batch), so every split of the global batch into processes x
+  // micro-batches sees the same samples in the same steps.
+  const SamplerState at = sampler_->state();
+  if (at.position % step_samples_ == 0 && train_.size() - at.position < step_samples_)
+    sampler_->set_epoch(at.epoch + 1);
   if (!sampler_->next(&b)) {
     sampler_->set_epoch(sampler_->epoch() + 1);
     KILN_CHECK(sampler_->next(&b), "sampler produced no batch for a new epoch");

@@ -43,6 +43,7 @@ class ImageClassificationTask : public Task {
   nn::CrossEntropyLoss loss_;
   int64_t classes_ = 0;
   int64_t eval_batch_ = 0;
+  int64_t step_samples_ = 0;  // global batch: an epoch ends on a step boundary
   double flops_ = 0;
 };
 

@@ -10,7 +10,8 @@
 //
 // Out-of-range ids are an InputError naming the id and its position, on the
 // CPU and on the GPU (there the kernel records the first bad position in a
-// status word, checked right after the launch).
+// status word, checked right after the launch: one host sync per forward,
+// which a caller that validates ids on the host can turn off).
 #pragma once
 
 #include "nn/module.h"
@@ -36,6 +37,10 @@ class Embedding : public Module {
 
   Parameter& wte() { return *wte_; }
   Parameter& wpe() { return *wpe_; }
+  /// GPU: check the status word after each forward (default on). Callers
+  /// that check the ids on the host first can skip the sync; bad ids then
+  /// give zero rows silently.
+  void set_device_id_check(bool on) { device_check_ = on; }
   int64_t vocab() const { return V_; }
   int64_t padded_vocab() const { return Vp_; }
   /// Philox counter offset after the init draws (for the next consumer).
@@ -49,6 +54,7 @@ class Embedding : public Module {
   Tensor tokens_;  // (B, T) saved for backward
   int64_t pos0_ = 0;
   Tensor status_;  // GPU: int32 status word of the id range check
+  bool device_check_ = true;
 };
 
 }  // namespace kiln::nn

@@ -188,6 +188,9 @@ LanguageModelTask::LanguageModelTask(const TrainConfig& cfg, Device device)
                                                                              << " tokens of " << cfg.data.tokenizer);
   }
   model_ = std::make_unique<nn::Gpt>(gpt_options(cfg), rng_);
+  // Batches are checked on the host (check_ids) before upload: spare the GPU
+  // the per-step sync of the embedding's own check.
+  model_->embedding().set_device_id_check(false);
   if (!cfg.model.init_from.empty()) {
     nn::import_gpt_safetensors(*model_, cfg.model.init_from);
     std::fprintf(stderr, "kiln: initialized the GPT from %s\n", cfg.model.init_from.c_str());

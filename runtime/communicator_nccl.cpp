@@ -30,6 +30,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <mutex>
@@ -198,6 +199,7 @@ class NcclCommunicator final : public Communicator {
   [[noreturn]] void abort(const std::string& why, int status) override {
     if (comm_) ncclCommAbort(comm_);
     host_->abort(why, status);
+    std::abort();  // not reached: the host side ends the job
   }
 
  private:
@@ -242,6 +244,7 @@ class NcclCommunicator final : public Communicator {
   [[noreturn]] void fail(const std::string& msg) {
     if (comm_) ncclCommAbort(comm_);
     host_->abort(msg, kCommFailureStatus);
+    std::abort();  // not reached
   }
 
   void watchdog_loop() {

@@ -17,6 +17,7 @@
 #include "nn/gpt_io.h"
 #include "runtime/process_info.h"
 #include "trainers/checkpoint.h"
+#include "trainers/trainer.h"
 
 namespace kiln {
 
@@ -171,8 +172,14 @@ LanguageModelTask::LanguageModelTask(const TrainConfig& cfg, Device device)
   val_paths_ = glob_files(cfg.data.val_shards);
 
   const ProcessInfo& pi = process_info();
+  // The loader reads a whole step (B x grad_accum windows per rank) at once
+  // and micro-batches take slices of it: epochs then end on step boundaries,
+  // and any split of a global batch into processes x micro-batches sees the
+  // same windows in the same steps (the loader's rank blocks tile the global
+  // batch in order, as the slices do).
+  accum_ = plan_batch(cfg, pi.world).accum;
   TokenLoaderOptions lo;
-  lo.batch = B_;
+  lo.batch = B_ * accum_;
   lo.seq_len = T_;
   lo.shuffle = cfg.data.shuffle;
   lo.seed = cfg.seed;
@@ -196,8 +203,8 @@ LanguageModelTask::LanguageModelTask(const TrainConfig& cfg, Device device)
     std::fprintf(stderr, "kiln: initialized the GPT from %s\n", cfg.model.init_from.c_str());
   }
   flops_per_sequence_ = static_cast<double>(T_) * model_->train_flops_per_token(T_);
-  x_.resize(static_cast<size_t>(B_ * T_));
-  y_.resize(static_cast<size_t>(B_ * T_));
+  x_.resize(static_cast<size_t>(B_ * accum_ * T_));
+  y_.resize(x_.size());
 }
 
 bool LanguageModelTask::has_split(Split s) const {
@@ -231,11 +238,16 @@ Tensor LanguageModelTask::upload(const std::vector<int32_t>& ids, int64_t B) con
 }
 
 TaskStats LanguageModelTask::train_micro_batch(float loss_scale) {
-  train_->next(x_.data(), y_.data());
-  check_ids(x_, "data.train_shards");
-  check_ids(y_, "data.train_shards");
-  Tensor logits = model_->forward(upload(x_, B_));  // (B, T, Vp)
-  const nn::LossSum ls = loss_.forward_backward(logits, y_, V_, loss_scale);
+  if (micro_ == 0) {
+    train_->next(x_.data(), y_.data());  // the step's B·accum windows
+    check_ids(x_, "data.train_shards");
+    check_ids(y_, "data.train_shards");
+  }
+  const size_t n = static_cast<size_t>(B_ * T_), first = static_cast<size_t>(micro_) * n;
+  const std::vector<int32_t> x(x_.begin() + first, x_.begin() + first + n), y(y_.begin() + first, y_.begin() + first + n);
+  micro_ = (micro_ + 1) % accum_;
+  Tensor logits = model_->forward(upload(x, B_));  // (B, T, Vp)
+  const nn::LossSum ls = loss_.forward_backward(logits, y, V_, loss_scale);
   model_->backward(logits);  // logits now hold dL/dlogits
   TaskStats st;
   st.loss_sum = ls.sum;
@@ -281,8 +293,9 @@ TaskStats LanguageModelTask::evaluate(Split split, int64_t max_batches) {
 }
 
 nlohmann::json LanguageModelTask::data_state() const {
+  // Checkpoints fall on step boundaries, so micro_ is 0 there.
   const LoaderPosition p = train_->position();
-  return {{"epoch", p.epoch}, {"step", p.step}, {"fingerprint", p.fingerprint}};
+  return {{"epoch", p.epoch}, {"step", p.step}, {"fingerprint", p.fingerprint}, {"micro", micro_}};
 }
 
 void LanguageModelTask::restore_data_state(const nlohmann::json& j) {
@@ -293,6 +306,8 @@ void LanguageModelTask::restore_data_state(const nlohmann::json& j) {
   p.step = j.at("step").get<uint64_t>();
   p.fingerprint = j.at("fingerprint").get<uint64_t>();
   train_->set_position(p);
+  micro_ = 0;
+  KILN_INPUT_CHECK(j.value("micro", int64_t{0}) == 0, "checkpoint state.json: saved in the middle of a step");
 }
 
 std::string LanguageModelTask::sample_text() {

@@ -60,7 +60,7 @@ class LanguageModelTask : public Task {
   /// max_batches batches; 0 = all). Splits: train and val.
   TaskStats evaluate(Split split, int64_t max_batches) override;
   bool has_split(Split s) const override;
-  /// Sequences per epoch over all ranks.
+  /// Sequences per epoch over all ranks (an epoch is whole optimizer steps).
   int64_t train_examples() const override { return train_->windows_per_epoch(); }
   bool is_classifier() const override { return false; }
   const char* unit() const override { return "tokens"; }
@@ -93,7 +93,9 @@ class LanguageModelTask : public Task {
   std::unique_ptr<nn::Gpt> model_;
   nn::CrossEntropyLoss loss_;
   double flops_per_sequence_ = 0;
-  std::vector<int32_t> x_, y_;  // host batch buffers (B·T)
+  int64_t accum_ = 1;           // micro-batches per step (trainer's plan_batch)
+  int64_t micro_ = 0;           // next micro-batch within the step
+  std::vector<int32_t> x_, y_;  // host buffers of a step's windows (B·accum, T)
 };
 
 /// A trained GPT loaded from a checkpoint directory, or a run directory (its

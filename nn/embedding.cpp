@@ -107,6 +107,9 @@ Tensor Embedding::backward(const Tensor& dout) {
         embedding_backward(dwte.data<float>(), dwpe.data<float>(), dout.data<F>(), tokens_.data<int32_t>(), B, T, C_,
                            V_, ws.raw(), bytes, nullptr, s);
       });
+  // wte and wpe are final: a tied LM head adds its share into wte.grad before
+  // this backward runs (the GPT's backward goes head first).
+  grads_ready();
   return Tensor();
 }
 

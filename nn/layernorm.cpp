@@ -109,6 +109,7 @@ Tensor LayerNorm::backward(const Tensor& dy, const Tensor& dresidual) {
                            x_.data<T>(), w.data<float>(), mean_.data<float>(), rstd_.data<float>(),
                            dresidual.defined() ? dresidual.data<T>() : nullptr, rows, C_, s);
       });
+  grads_ready();  // dweight and dbias are final for this backward
   return dx;
 }
 

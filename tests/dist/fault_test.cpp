@@ -30,7 +30,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-constexpr int kTimeoutS = 4;
+constexpr int kTimeoutS = 3;
 
 int64_t now_ns() {
   // steady_clock is CLOCK_MONOTONIC on Linux: one clock for every process.
@@ -111,7 +111,7 @@ TEST(Fault, StuckRankTimesOutNamingTheOperation) {
   EXPECT_LT(o.after_fault_s, kTimeoutS + 10.0) << o.output;
   EXPECT_TRUE(std::regex_search(
       o.output, std::regex("kiln: rank 0: all_reduce 'grad bucket [0-9]+/[0-9]+' \\([^)]*\\) did not complete within "
-                           "dist.timeout_s = 4 s")))
+                           "dist.timeout_s = 3 s")))
       << o.output;
 }
 

@@ -60,7 +60,8 @@ void check_reduce_scatter(const Tensor& in, const Tensor& out, ReduceOp op, int 
   check_reduce("reduce_scatter", in, op, allow_lowp);
   KILN_CHECK(out.defined(), "reduce_scatter: undefined output");
   KILN_CHECK(in.dtype() == out.dtype() && in.device() == out.device(),
-             "reduce_scatter: input " << describe(in) << " and output " << describe(out) << " differ in dtype or device");
+             "reduce_scatter: input " << describe(in) << " and output " << describe(out)
+                                      << " differ in dtype or device");
   KILN_CHECK(in.numel() == out.numel() * world, "reduce_scatter: input " << describe(in) << " must hold world ("
                                                                          << world << ") x output " << describe(out));
   const char* a = static_cast<const char*>(in.raw());

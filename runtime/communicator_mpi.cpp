@@ -225,7 +225,8 @@ class MpiCommunicator final : public Communicator {
                                                    const std::string& what) override {
     check_reduce_scatter(in, out, op, world(), /*allow_lowp=*/false);
     require_cpu("reduce_scatter", in);
-    KILN_CHECK(out.numel() <= INT_MAX, "reduce_scatter: " << out.numel() << " elements per rank exceed MPI's int count");
+    KILN_CHECK(out.numel() <= INT_MAX,
+               "reduce_scatter: " << out.numel() << " elements per rank exceed MPI's int count");
     auto o = std::make_shared<Op>(Kind::reduce_scatter, "reduce_scatter", what);
     o->send = in.raw();
     o->recv = out.raw();
@@ -417,7 +418,8 @@ class MpiCommunicator final : public Communicator {
       case Kind::reduce_scatter:
         if (o.count > 0) {
           issue([&] {
-            return MPI_Ireduce_scatter_block(o.send, o.recv, static_cast<int>(o.count), type, mpi_op(o.op), comm_, &req);
+            const int n = static_cast<int>(o.count);
+            return MPI_Ireduce_scatter_block(o.send, o.recv, n, type, mpi_op(o.op), comm_, &req);
           });
           if (o.op == ReduceOp::avg) scale_by(o.recv, o.dtype, o.count, world());
         }

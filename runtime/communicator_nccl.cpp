@@ -283,7 +283,8 @@ class NcclCommunicator final : public Communicator {
         }
         if (q != cudaErrorNotReady) {
           std::ostringstream os;
-          os << "CUDA error while " << pending_.front().label << " ran: " << cudaGetErrorString(q) << "; ending the job";
+          os << "CUDA error while " << pending_.front().label << " ran: " << cudaGetErrorString(q)
+             << "; ending the job";
           l.unlock();
           fail(os.str());
         }

@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "data/safetensors.h"
+#include "data/safetensors_tensor.h"
 #include "nn/optimizer.h"
 #include "nn/schedule.h"
 #include "runtime/atomic_file.h"
@@ -72,43 +73,6 @@ nn::ScheduleConfig schedule_config(const TrainConfig& c, int64_t total_steps) {
   s.step_size = c.schedule.step_size;
   s.gamma = c.schedule.gamma;
   return s;
-}
-
-StDType st_dtype(DType t) {
-  switch (t) {
-    case DType::f32: return StDType::f32;
-    case DType::bf16: return StDType::bf16;
-    case DType::f16: return StDType::f16;
-    case DType::i32: return StDType::i32;
-    case DType::u16: return StDType::u16;
-    case DType::u8: return StDType::u8;
-    case DType::f64: return StDType::f64;
-  }
-  return StDType::f32;
-}
-
-// Host copies of named tensors, kept alive while the views into them are
-// written.
-struct HostTensors {
-  std::vector<Tensor> host;
-  std::vector<StTensorView> views;
-  void add(const std::string& name, const Tensor& t) {
-    host.push_back(t.device().is_cpu() ? t : t.to(Device::cpu()));
-    const Tensor& h = host.back();
-    views.push_back(StTensorView{name, st_dtype(h.dtype()), h.shape().vec(), h.raw(), h.nbytes()});
-  }
-};
-
-// Copies a tensor read from a file into `dst` (same shape; dtype converted).
-void load_into(Tensor& dst, const StTensor& src, const std::string& name, const std::string& file) {
-  KILN_INPUT_CHECK(Shape(src.shape) == dst.shape(), file << ": tensor '" << name << "' has shape "
-                                                        << Shape(src.shape).str() << ", the model expects "
-                                                        << dst.shape().str());
-  KILN_INPUT_CHECK(src.dtype == StDType::f32, file << ": tensor '" << name << "' is " << st_dtype_name(src.dtype)
-                                                   << ", expected F32 master weights");
-  Tensor host = Tensor::empty(dst.shape(), DType::f32, Device::cpu(), name);
-  std::memcpy(host.raw(), src.data, src.nbytes);
-  dst.copy_from(dst.dtype() == DType::f32 ? host : host.cast(dst.dtype()));
 }
 
 void refresh_lowp(nn::Module& m) {
@@ -249,7 +213,7 @@ TrainResult run_training(const TrainConfig& cfg, const TrainOptions& topt, const
     comm.broadcast_string(dir, 0, "resume checkpoint path");
     if (!dir.empty()) {
       Checkpoint ck = load_checkpoint(dir);
-      for (nn::Parameter* p : params) load_into(p->value, ck.weights.at(p->name), p->name, ck.weights.path);
+      for (nn::Parameter* p : params) load_into(ck.weights, p->name, p->value);
       refresh_lowp(model);
       std::vector<std::pair<std::string, Shape>> layout;
       if (reducer) layout = reducer->state_layout(oopt);
@@ -258,10 +222,7 @@ TrainResult run_training(const TrainConfig& cfg, const TrainOptions& topt, const
       std::map<std::string, Tensor> opt_state;
       for (auto& [name, shape] : layout) {
         Tensor host = Tensor::empty(shape, DType::f32, Device::cpu(), name);
-        const StTensor& st = ck.optimizer.at(name);
-        KILN_INPUT_CHECK(st.nbytes == host.nbytes() && st.dtype == StDType::f32,
-                         ck.optimizer.path << ": tensor '" << name << "' does not match the optimizer state");
-        std::memcpy(host.raw(), st.data, st.nbytes);
+        load_into(ck.optimizer, name, host);  // shape and dtype checked, named in errors
         opt_state[name] = host;
       }
       const nlohmann::json& s = ck.state;
@@ -322,9 +283,8 @@ TrainResult run_training(const TrainConfig& cfg, const TrainOptions& topt, const
     std::vector<std::pair<std::string, Tensor>> state =
         reducer ? reducer->gather_state(optimizer, oopt) : optimizer.state();
     if (!root) return;
-    HostTensors w, o;
-    for (nn::Parameter* p : params) w.add(p->name, p->value);
-    for (auto& [name, t] : state) o.add(name, t);
+    std::vector<NamedTensor> w;
+    for (nn::Parameter* p : params) w.emplace_back(p->name, p->value);
     nlohmann::json s;
     s["optimizer_steps"] = optimizer.steps();
     s["rng_seed"] = base_seed;
@@ -333,7 +293,7 @@ TrainResult run_training(const TrainConfig& cfg, const TrainOptions& topt, const
     s["config"] = cfg.name;
     s["world"] = world;
     s["global_batch"] = global_batch;
-    const std::string dir = save_checkpoint(run_dir, step, w.views, o.views, s);
+    const std::string dir = save_checkpoint(run_dir, step, w, state, s);
     prune_checkpoints(run_dir, static_cast<int>(cfg.train.keep_last));
     message("saved checkpoint " + dir);
   };
@@ -575,7 +535,7 @@ TaskStats evaluate_checkpoint(const std::string& path, Split split, const std::v
   nn::Module& model = task->model();
   model.to(device, DType::f32, compute);
   Checkpoint ck = load_checkpoint(ckpt);
-  for (nn::Parameter* p : model.parameters()) load_into(p->value, ck.weights.at(p->name), p->name, ck.weights.path);
+  for (nn::Parameter* p : model.parameters()) load_into(ck.weights, p->name, p->value);
   refresh_lowp(model);
   KILN_INPUT_CHECK(task->has_split(split), "the data has no " << split_name(split) << " split");
   std::fprintf(stderr, "kiln: evaluating %s on the %s split\n", ckpt.c_str(), split_name(split));

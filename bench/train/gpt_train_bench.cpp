@@ -6,7 +6,7 @@
 //        T = 1024, bf16 activations, fp32 master weights and AdamW state;
 //        B = 16 and 32 sequences per step (B = 8 with --quick)
 //   cpu  configs/gpt_fortunes.yaml's GPT (4 layers, 6 heads, width 192, vocab
-//        4096, T = 128, B = 16)
+//        4096, T = 128, B = 8)
 //
 // Reported: milliseconds per step, model FLOPs per step
 //   B · T · (6·N + 12·L·H·Q·T)   (PaLM appendix B; nn::Gpt::train_flops_per_token)
@@ -101,8 +101,8 @@ void run_shape(Context& ctx, const GptShape& s, Device dev, DType compute, int r
   ctx.report(r);
   const double tok_s = n_tokens / (ms / 1e3);
   const double mfu = dev.is_cuda() ? flops / (ms / 1e3) / 989e12 : 0.0;
-  std::printf("  gpt_train_step %s %s: %.0f tokens/s, %.1f model TFLOP/s", r.backend.c_str(), r.shape.c_str(), tok_s,
-              flops / (ms / 1e3) / 1e12);
+  std::printf("  gpt_train_step %s %s: %.0f tokens/s, %.1f model GFLOP/s", r.backend.c_str(), r.shape.c_str(), tok_s,
+              flops / (ms / 1e3) / 1e9);
   if (dev.is_cuda()) std::printf(", MFU %.1f%% of 989 TFLOP/s", 100.0 * mfu);
   std::printf(", loss %.3f, %lld parameters\n", loss, static_cast<long long>(model.num_parameters()));
 }
@@ -110,7 +110,7 @@ void run_shape(Context& ctx, const GptShape& s, Device dev, DType compute, int r
 }  // namespace
 
 KILN_BENCH(gpt_train, 60) {
-  run_shape(ctx, {4096, 128, 4, 6, 192, 16}, Device::cpu(), DType::f32, ctx.quick() ? 2 : 5);
+  run_shape(ctx, {4096, 128, 4, 6, 192, 8}, Device::cpu(), DType::f32, ctx.quick() ? 2 : 5);
   if (!ctx.has_gpu()) {
     std::printf("  gpt_train: no GPU, GPT-2 124M entries skipped\n");
     return;

@@ -13,7 +13,7 @@
 #include "data/token_shard.h"
 #include "data/tokenizer.h"
 #include "runtime/error.h"
-#include "tests/data/temp_dir.h"
+#include "tests/harness/temp_dir.h"
 
 namespace kiln {
 namespace {

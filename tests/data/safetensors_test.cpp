@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "runtime/error.h"
+#include "tests/harness/temp_dir.h"
 #include "runtime/tensor.h"
 #include "tests/harness/harness.h"
 
@@ -25,24 +26,11 @@ namespace fs = std::filesystem;
 
 class SafetensorsTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    char tmpl[] = "/tmp/kiln_st_XXXXXX";
-    ASSERT_NE(mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
-  }
-  void TearDown() override { fs::remove_all(dir_); }
   std::string path(const std::string& name) const { return dir_ + "/" + name; }
-  static std::string slurp(const std::string& p) {
-    std::ifstream f(p, std::ios::binary);
-    std::stringstream ss;
-    ss << f.rdbuf();
-    return ss.str();
-  }
-  static void put(const std::string& p, const std::string& s) {
-    std::ofstream f(p, std::ios::binary);
-    f << s;
-  }
-  std::string dir_;
+  static std::string slurp(const std::string& p) { return test::read_file(p); }
+  static void put(const std::string& p, const std::string& s) { test::write_file(p, s); }
+  test::TempDir tmp_;
+  std::string dir_ = tmp_.path();
 };
 
 // Deterministic filler bytes (a different pattern per tensor).

@@ -8,7 +8,7 @@
 #include <set>
 
 #include "runtime/error.h"
-#include "tests/data/temp_dir.h"
+#include "tests/harness/temp_dir.h"
 
 namespace kiln {
 namespace {

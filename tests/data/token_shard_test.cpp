@@ -10,7 +10,7 @@
 
 #include "data/file_io.h"
 #include "runtime/error.h"
-#include "tests/data/temp_dir.h"
+#include "tests/harness/temp_dir.h"
 
 namespace kiln {
 namespace {

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "runtime/error.h"
+#include "tests/harness/temp_dir.h"
 
 namespace kiln {
 namespace {
@@ -23,24 +24,10 @@ namespace fs = std::filesystem;
 // A fresh directory per test, removed afterwards.
 class AtomicFileTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    char tmpl[] = "/tmp/kiln_atomic_XXXXXX";
-    ASSERT_NE(mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
-  }
-  void TearDown() override { fs::remove_all(dir_); }
 
   std::string path(const std::string& name) const { return dir_ + "/" + name; }
-  static std::string slurp(const std::string& p) {
-    std::ifstream f(p, std::ios::binary);
-    std::stringstream ss;
-    ss << f.rdbuf();
-    return ss.str();
-  }
-  static void put(const std::string& p, const std::string& s) {
-    std::ofstream f(p, std::ios::binary);
-    f << s;
-  }
+  static std::string slurp(const std::string& p) { return test::read_file(p); }
+  static void put(const std::string& p, const std::string& s) { test::write_file(p, s); }
   std::vector<std::string> listing() const {
     std::vector<std::string> names;
     for (const auto& e : fs::directory_iterator(dir_)) names.push_back(e.path().filename().string());
@@ -48,7 +35,8 @@ class AtomicFileTest : public ::testing::Test {
     return names;
   }
 
-  std::string dir_;
+  test::TempDir tmp_;
+  std::string dir_ = tmp_.path();
 };
 
 TEST_F(AtomicFileTest, WritesNewFileAndLeavesNoTemporary) {

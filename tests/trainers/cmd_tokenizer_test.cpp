@@ -11,7 +11,7 @@
 
 #include "data/token_shard.h"
 #include "data/tokenizer.h"
-#include "tests/data/temp_dir.h"
+#include "tests/harness/temp_dir.h"
 #include "trainers/cmd_data.h"
 
 namespace kiln {

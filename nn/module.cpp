@@ -4,6 +4,18 @@
 
 namespace kiln::nn {
 
+const Tensor& Parameter::in(DType compute) const {
+  if (compute == DType::bf16) {
+    KILN_CHECK(lowp.defined(), "parameter '" << name << "' has no bf16 copy; call Module::to(..., bf16)");
+    return lowp;
+  }
+  return value;
+}
+
+void Parameter::refresh_lowp() {
+  if (lowp.defined()) lowp.copy_from(value.cast(lowp.dtype()));
+}
+
 void Module::train(bool on) { set_training(on); }
 
 void Module::set_training(bool on) {
@@ -21,6 +33,17 @@ Parameter& Module::register_parameter(const std::string& name, Tensor value, boo
   params_.push_back(std::move(p));
   local_names_.push_back(name);
   return *params_.back();
+}
+
+Buffer& Module::register_buffer(const std::string& name, Tensor value) {
+  KILN_CHECK(value.defined(), "register_buffer('" << name << "'): undefined tensor");
+  auto b = std::make_unique<Buffer>();
+  b->name = name;
+  b->value = std::move(value);
+  b->value.set_name(name);
+  buffers_.push_back(std::move(b));
+  buffer_names_.push_back(name);
+  return *buffers_.back();
 }
 
 void Module::register_module(const std::string& name, Module* child) {
@@ -47,6 +70,51 @@ void Module::collect(const std::string& prefix, std::vector<Parameter*>& out) {
   for (auto& c : children_) c.second->collect(c.first.empty() ? prefix : prefix + c.first + ".", out);
 }
 
+void Module::collect_buffers(const std::string& prefix, std::vector<Buffer*>& out) {
+  for (size_t i = 0; i < buffers_.size(); ++i) {
+    Buffer* b = buffers_[i].get();
+    const std::string full = prefix + buffer_names_[i];
+    if (b->name != full) {
+      b->name = full;
+      b->value.set_name(full);
+    }
+    out.push_back(b);
+  }
+  for (auto& c : children_) c.second->collect_buffers(c.first.empty() ? prefix : prefix + c.first + ".", out);
+}
+
+std::vector<Buffer*> Module::buffers() {
+  std::vector<Buffer*> out;
+  collect_buffers("", out);
+  return out;
+}
+
+std::vector<Parameter*> Module::trainable_parameters() {
+  std::vector<Parameter*> out;
+  for (Parameter* p : parameters())
+    if (p->trainable) out.push_back(p);
+  return out;
+}
+
+int64_t Module::num_trainable_parameters() {
+  int64_t n = 0;
+  for (Parameter* p : parameters())
+    if (p->trainable) n += p->value.numel();
+  return n;
+}
+
+void Module::set_trainable(bool on) {
+  for (Parameter* p : parameters()) {
+    if (p->trainable == on) continue;
+    p->trainable = on;
+    p->grad = on ? Tensor::zeros(p->value.shape(), p->value.dtype(), p->value.device(), p->name + ".grad") : Tensor();
+  }
+}
+
+void Module::refresh_lowp() {
+  for (Parameter* p : parameters()) p->refresh_lowp();
+}
+
 std::vector<Parameter*> Module::parameters() {
   std::vector<Parameter*> out;
   collect("", out);
@@ -60,7 +128,8 @@ int64_t Module::num_parameters() {
 }
 
 void Module::zero_grad() {
-  for (Parameter* p : parameters()) p->grad.zero_();
+  for (Parameter* p : parameters())
+    if (p->trainable) p->grad.zero_();
 }
 
 void Module::to(Device device, DType master, DType compute) {
@@ -69,13 +138,18 @@ void Module::to(Device device, DType master, DType compute) {
     if (v.dtype() != master) v = v.cast(master);
     v.set_name(p->name);
     p->value = v;
-    p->grad = Tensor::zeros(v.shape(), master, device, p->name + ".grad");
+    p->grad = p->trainable ? Tensor::zeros(v.shape(), master, device, p->name + ".grad") : Tensor();
     if (compute == DType::bf16) {
       p->lowp = v.cast(DType::bf16);
       p->lowp.set_name(p->name + ".bf16");
     } else {
       p->lowp = Tensor();
     }
+  }
+  for (Buffer* b : buffers()) {
+    if (b->value.device() == device) continue;
+    b->value = b->value.to(device);
+    b->value.set_name(b->name);
   }
   set_placement(device, compute);
 }
@@ -112,7 +186,7 @@ std::string Module::summary() {
     for (auto& c : m->children_) walk(c.second, c.first, depth + 1);
   };
   walk(this, "", 0);
-  os << "total parameters: " << num_parameters() << "\n";
+  os << "parameters: " << num_trainable_parameters() << " trainable / " << num_parameters() << " total\n";
   return os.str();
 }
 

@@ -31,19 +31,6 @@ std::string Embedding::describe() const {
   return os.str();
 }
 
-namespace {
-
-// The table as the compute dtype reads it (bf16 copy for bf16 activations).
-const Tensor& table(const Parameter& p, DType compute) {
-  if (compute == DType::bf16) {
-    KILN_CHECK(p.lowp.defined(), "parameter '" << p.name << "' has no bf16 copy; call Module::to(..., bf16)");
-    return p.lowp;
-  }
-  return p.value;
-}
-
-}  // namespace
-
 Tensor Embedding::forward_at(const Tensor& tokens, int64_t pos0) {
   KILN_CHECK(tokens.ndim() == 2 && tokens.dtype() == DType::i32,
              describe() << ": tokens '" << tokens.name() << "' must be (B, T) int32, got " << tokens.shape().str()
@@ -54,8 +41,8 @@ Tensor Embedding::forward_at(const Tensor& tokens, int64_t pos0) {
   KILN_CHECK(tokens.device() == device(), describe() << ": tokens on " << tokens.device().str()
                                                      << " but the tables on " << device().str());
   const DType compute = compute_dtype();
-  const Tensor& wte = table(*wte_, compute);
-  const Tensor& wpe = table(*wpe_, compute);
+  const Tensor& wte = wte_->in(compute);
+  const Tensor& wpe = wpe_->in(compute);
   Tensor out = Tensor::empty({B, T, C_}, wte.dtype(), tokens.device(), "embedding.out");
   tokens_ = tokens;
   pos0_ = pos0;
@@ -91,8 +78,16 @@ Tensor Embedding::backward(const Tensor& dout) {
   KILN_CHECK(dout.numel() == B * T * C_, describe() << ": gradient '" << dout.name() << "' has shape "
                                                     << dout.shape().str() << ", expected (" << B << ", " << T << ", "
                                                     << C_ << ")");
-  Tensor& dwte = wte_->grad;
-  Tensor& dwpe = wpe_->grad;
+  if (!wte_->trainable && !wpe_->trainable) return Tensor();  // frozen tables: nothing to compute
+  // The kernel writes both tables' gradients; a frozen one's go to scratch.
+  auto grad_or_scratch = [&](Parameter& p) {
+    if (p.trainable) return p.grad;
+    if (!scratch_grad_.defined() || scratch_grad_.numel() < p.value.numel() || scratch_grad_.device() != p.value.device())
+      scratch_grad_ = Tensor::zeros({p.value.numel()}, p.value.dtype(), p.value.device(), "embedding.frozen_grad");
+    return scratch_grad_.view(0, p.value.shape());
+  };
+  Tensor dwte = grad_or_scratch(*wte_);
+  Tensor dwpe = grad_or_scratch(*wpe_);
   dispatch(
       dout,
       [&](auto tag) {

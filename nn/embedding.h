@@ -55,6 +55,7 @@ class Embedding : public Module {
   int64_t pos0_ = 0;
   Tensor status_;  // GPU: int32 status word of the id range check
   bool device_check_ = true;
+  Tensor scratch_grad_;  // the gradient of a frozen table when the other trains
 };
 
 }  // namespace kiln::nn

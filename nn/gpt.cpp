@@ -13,15 +13,6 @@ namespace kiln::nn {
 
 namespace {
 
-// The parameter as the compute dtype reads it (bf16 copy for bf16 activations).
-const Tensor& compute_value(const Parameter& p, DType compute) {
-  if (compute == DType::bf16) {
-    KILN_CHECK(p.lowp.defined(), "parameter '" << p.name << "' has no bf16 copy; call Module::to(..., bf16)");
-    return p.lowp;
-  }
-  return p.value;
-}
-
 Tensor add(const Tensor& a, const Tensor& b) {
   check_same(a, b, "residual add");
   Tensor out = Tensor::empty(a.shape(), a.dtype(), a.device(), "residual");
@@ -156,7 +147,7 @@ double Gpt::train_flops_per_token(int64_t T) {
 Tensor Gpt::lm_head_forward(const Tensor& y) {
   // logits (rows, Vp) = y (rows, C) · wteᵀ (C, Vp)
   const int64_t rows = y.size(0), C = o_.n_embd;
-  const Tensor& w = compute_value(embed_.wte(), y.dtype());
+  const Tensor& w = embed_.wte().in(y.dtype());
   Tensor logits = Tensor::empty({rows, Vp_}, y.dtype(), y.device(), "logits");
   GemmArgs g;
   g.trans_b = true;
@@ -207,18 +198,20 @@ Tensor Gpt::backward(const Tensor& dlogits) {
   Parameter& wte = embed_.wte();
   // dwte (Vp, C) += dlogitsᵀ (Vp, rows) · y (rows, C): the head's share of
   // the tied table's gradient (the embedding adds its own below).
-  GemmArgs gw;
-  gw.trans_a = true;
-  gw.m = Vp_; gw.n = C; gw.k = rows;
-  gw.a = dlogits.raw(); gw.lda = Vp_;
-  gw.b = y_.raw(); gw.ldb = C;
-  gw.c = wte.grad.raw(); gw.ldc = C;
-  gw.beta = 1.0f;
-  gw.in_dtype = dlogits.dtype();
-  gw.out_dtype = wte.grad.dtype();
-  gemm(gw, dev, stream);
+  if (wte.trainable) {
+    GemmArgs gw;
+    gw.trans_a = true;
+    gw.m = Vp_; gw.n = C; gw.k = rows;
+    gw.a = dlogits.raw(); gw.lda = Vp_;
+    gw.b = y_.raw(); gw.ldb = C;
+    gw.c = wte.grad.raw(); gw.ldc = C;
+    gw.beta = 1.0f;
+    gw.in_dtype = dlogits.dtype();
+    gw.out_dtype = wte.grad.dtype();
+    gemm(gw, dev, stream);
+  }
   // dy (rows, C) = dlogits (rows, Vp) · wte (Vp, C)
-  const Tensor& w = compute_value(wte, dlogits.dtype());
+  const Tensor& w = wte.in(dlogits.dtype());
   Tensor dy = Tensor::empty({logits_shape_[0], logits_shape_[1], C}, dlogits.dtype(), dev, "ln_f.dy");
   GemmArgs gx;
   gx.m = rows; gx.n = C; gx.k = Vp_;

@@ -30,9 +30,22 @@ const Tensor& LayerNorm::bias_value() {
 }
 
 Tensor& LayerNorm::bias_grad() {
-  if (bias_) return bias_->grad;
+  if (bias_ && bias_->trainable) return bias_->grad;
   bias_value();
+  if (!scratch_dbias_.defined() || scratch_dbias_.device() != weight_->value.device() ||
+      scratch_dbias_.dtype() != weight_->value.dtype())
+    scratch_dbias_ = Tensor::zeros({C_}, weight_->value.dtype(), weight_->value.device(), "layernorm.unused_dbias");
   return scratch_dbias_;
+}
+
+Tensor& LayerNorm::weight_grad() {
+  if (weight_->trainable) return weight_->grad;
+  const Tensor& w = weight_->value;
+  // A frozen weight's gradient is computed (the kernel's reduction produces
+  // it beside dx) and discarded: C floats, not worth a second kernel variant.
+  if (!scratch_dweight_.defined() || scratch_dweight_.device() != w.device() || scratch_dweight_.dtype() != w.dtype())
+    scratch_dweight_ = Tensor::zeros({C_}, w.dtype(), w.device(), "layernorm.unused_dweight");
+  return scratch_dweight_;
 }
 
 Tensor LayerNorm::normalize(const Tensor& x, const Tensor* residual, Tensor* sum_out) {
@@ -90,7 +103,7 @@ Tensor LayerNorm::backward(const Tensor& dy, const Tensor& dresidual) {
   if (dresidual.defined()) check_same(dresidual, x_, "LayerNorm.backward (residual gradient)");
   const int64_t rows = x_.size(0);
   Tensor dx = Tensor::empty(dy.shape(), dy.dtype(), dy.device(), "layernorm.dx");
-  Tensor& dw = weight_->grad;
+  Tensor& dw = weight_grad();
   Tensor& db = bias_grad();
   const Tensor& w = weight_->value;
   dispatch(

@@ -45,13 +45,15 @@ class LayerNorm : public Module {
   // parameter) and where its gradient goes.
   const Tensor& bias_value();
   Tensor& bias_grad();
+  Tensor& weight_grad();  // the weight's gradient, or scratch when it is frozen
   Tensor normalize(const Tensor& x, const Tensor* residual, Tensor* sum_out);
 
   int64_t C_;
   float eps_;
   Parameter* weight_ = nullptr;
   Parameter* bias_ = nullptr;
-  Tensor zero_bias_, scratch_dbias_;  // bias-less: stand-ins on the parameters' device and dtype
+  Tensor zero_bias_, scratch_dbias_;  // bias-less or frozen: stand-ins on the parameters' device and dtype
+  Tensor scratch_dweight_;            // frozen weight: its gradient goes here
   Tensor x_;                          // saved input (rows, C): x, or the residual sum
   Tensor mean_, rstd_;                // saved statistics (rows)
 };

@@ -28,19 +28,6 @@ std::string Linear::describe() const {
   return os.str();
 }
 
-namespace {
-
-// The weight as the compute dtype sees it: bf16 copy for bf16 activations.
-const Tensor& compute_weight(const Parameter& p, DType compute) {
-  if (compute == DType::bf16) {
-    KILN_CHECK(p.lowp.defined(), "parameter '" << p.name << "' has no bf16 copy; call Module::to(..., bf16)");
-    return p.lowp;
-  }
-  return p.value;
-}
-
-}  // namespace
-
 Tensor Linear::forward(const Tensor& x) {
   KILN_CHECK(x.ndim() >= 1 && x.size(-1) == in_,
              describe() << ": input '" << x.name() << "' has shape " << x.shape().str() << ", expected (..., " << in_ << ")");
@@ -49,7 +36,7 @@ Tensor Linear::forward(const Tensor& x) {
   std::vector<int64_t> out_shape = x.shape().vec();
   out_shape.back() = out_;
   Tensor y = Tensor::empty(Shape(out_shape), x.dtype(), x.device(), "linear.out");
-  const Tensor& w = compute_weight(*weight_, x.dtype());
+  const Tensor& w = weight_->in(x.dtype());
 
   // y (rows, out) = x (rows, in) · Wᵀ (in, out)
   GemmArgs g;
@@ -65,7 +52,7 @@ Tensor Linear::forward(const Tensor& x) {
   if (fuse_bias) {
     // cuBLASLt's bias epilogue: bias in the output dtype.
     g.epilogue = Epilogue::bias;
-    g.bias = compute_weight(*bias_, x.dtype()).raw();
+    g.bias = bias_->in(x.dtype()).raw();
   }
   gemm(g, x.device(), compute_stream(x.device()));
   if (bias_ && !fuse_bias) {
@@ -87,19 +74,22 @@ Tensor Linear::backward(const Tensor& dy) {
   cudaStream_t stream = compute_stream(dev);
 
   // dW (out, in) += dyᵀ (out, rows) · x (rows, in); fp32 (master dtype) output.
-  GemmArgs gw;
-  gw.trans_a = true;
-  gw.trans_b = false;
-  gw.m = out_; gw.n = in_; gw.k = rows;
-  gw.a = dy.raw(); gw.lda = out_;
-  gw.b = x_.raw(); gw.ldb = in_;
-  gw.c = weight_->grad.raw(); gw.ldc = in_;
-  gw.beta = 1.0f;
-  gw.in_dtype = dy.dtype();
-  gw.out_dtype = weight_->grad.dtype();
-  gemm(gw, dev, stream);
+  // A frozen weight (LoRA's base) gets none: the layer computes only dx.
+  if (weight_->trainable) {
+    GemmArgs gw;
+    gw.trans_a = true;
+    gw.trans_b = false;
+    gw.m = out_; gw.n = in_; gw.k = rows;
+    gw.a = dy.raw(); gw.lda = out_;
+    gw.b = x_.raw(); gw.ldb = in_;
+    gw.c = weight_->grad.raw(); gw.ldc = in_;
+    gw.beta = 1.0f;
+    gw.in_dtype = dy.dtype();
+    gw.out_dtype = weight_->grad.dtype();
+    gemm(gw, dev, stream);
+  }
 
-  if (bias_) {
+  if (bias_ && bias_->trainable) {
     Tensor& db = bias_->grad;
     dispatch(
         dy, [&](auto tag) { using T = decltype(tag);
@@ -114,7 +104,7 @@ Tensor Linear::backward(const Tensor& dy) {
   std::vector<int64_t> dx_shape = dy.shape().vec();
   dx_shape.back() = in_;
   Tensor dx = Tensor::empty(Shape(dx_shape), dy.dtype(), dev, "linear.dx");
-  const Tensor& w = compute_weight(*weight_, dy.dtype());
+  const Tensor& w = weight_->in(dy.dtype());
   GemmArgs gx;
   gx.m = rows; gx.n = in_; gx.k = out_;
   gx.a = dy.raw(); gx.lda = out_;

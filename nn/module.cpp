@@ -172,7 +172,8 @@ void Module::set_hook(const std::shared_ptr<const GradReadyHook>& hook) {
 
 void Module::grads_ready() {
   if (!grad_hook_) return;
-  for (auto& p : params_) (*grad_hook_)(*p);
+  for (auto& p : params_)
+    if (p->trainable) (*grad_hook_)(*p);
 }
 
 std::string Module::summary() {

@@ -1,5 +1,6 @@
 #include "nn/optimizer.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "kernels/norm.h"
@@ -8,8 +9,20 @@
 
 namespace kiln::nn {
 
+namespace {
+
+// Frozen parameters have no gradient and get no state: an optimizer handed
+// a whole model's parameters() updates only the trainable ones.
+std::vector<Parameter*> only_trainable(std::vector<Parameter*> params) {
+  params.erase(std::remove_if(params.begin(), params.end(), [](const Parameter* p) { return !p->trainable; }),
+               params.end());
+  return params;
+}
+
+}  // namespace
+
 Optimizer::Optimizer(std::vector<Parameter*> params, const OptimizerOptions& opt)
-    : params_(std::move(params)), opt_(opt) {
+    : params_(only_trainable(std::move(params))), opt_(opt) {
   for (Parameter* p : params_) {
     const bool need_m = opt_.kind == OptimizerKind::adamw || opt_.momentum != 0.0;
     m_.push_back(need_m ? Tensor::zeros(p->value.shape(), p->value.dtype(), p->value.device(), p->name + ".m")
@@ -111,7 +124,8 @@ float clip_scale(double norm, double max_norm) {
 
 namespace kiln::nn {
 
-double grad_norm(const std::vector<Parameter*>& params) {
+double grad_norm(const std::vector<Parameter*>& all) {
+  const std::vector<Parameter*> params = only_trainable(all);
   if (params.empty()) return 0.0;
   const Tensor& first = params[0]->grad;
   double result = 0.0;

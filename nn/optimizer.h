@@ -27,6 +27,7 @@ struct OptimizerOptions {
 
 class Optimizer {
  public:
+  /// Updates the trainable ones among `params` (frozen parameters get no state).
   Optimizer(std::vector<Parameter*> params, const OptimizerOptions& opt);
 
   /// One update with learning rate `lr`; every gradient is multiplied by
@@ -49,8 +50,8 @@ class Optimizer {
   int64_t steps_ = 0;
 };
 
-/// Global L2 norm of all gradients (deterministic reduction, fp64 on the host
-/// for the final sum over tensors).
+/// Global L2 norm of the trainable parameters' gradients (deterministic
+/// reduction, fp64 on the host for the final sum over tensors).
 double grad_norm(const std::vector<Parameter*>& params);
 
 /// Clipping factor for a global norm: min(1, max_norm / (norm + 1e-6)); 1 when

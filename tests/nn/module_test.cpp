@@ -1,8 +1,13 @@
 // Module bookkeeping: trainable / frozen parameters and buffers.
 #include <gtest/gtest.h>
 
+#include <functional>
+#include <memory>
+
+#include "nn/gpt.h"
 #include "nn/linear.h"
 #include "nn/module.h"
+#include "nn/optimizer.h"
 
 namespace kiln::nn {
 namespace {
@@ -68,6 +73,91 @@ TEST(Module, ParameterInPicksTheComputeCopy) {
   l.weight().value.fill_(0.5);
   l.refresh_lowp();
   EXPECT_EQ(l.weight().lowp.cast(DType::f32).to_vector()[0], 0.5f);
+}
+
+// Runs forward + backward of two identically initialised models, one with
+// the parameters `freeze` selects frozen: dx and every trainable gradient
+// must be bit-identical to the unfrozen model's, frozen ones have none.
+void expect_freezing_changes_only_frozen_grads(const std::function<std::unique_ptr<Module>()>& make,
+                                              const std::function<Tensor()>& input,
+                                              const std::function<bool(const std::string&)>& freeze) {
+  std::unique_ptr<Module> full = make(), part = make();
+  int frozen = 0;
+  for (Parameter* p : part->parameters()) {
+    if (!freeze(p->name)) continue;
+    p->trainable = false;
+    p->grad = Tensor();
+    ++frozen;
+  }
+  ASSERT_GT(frozen, 0);
+  Tensor x = input();
+  Tensor y_full = full->forward(x), y_part = part->forward(x);
+  ASSERT_EQ(y_full.to_vector(), y_part.to_vector());
+  Tensor dy = Tensor::empty(y_full.shape(), DType::f32, Device::cpu(), "dy");
+  dy.uniform_(11, 0, -1.0f, 1.0f);
+  Tensor dx_full = full->backward(dy.clone()), dx_part = part->backward(dy.clone());
+  ASSERT_EQ(dx_full.defined(), dx_part.defined());
+  if (dx_full.defined()) {
+    EXPECT_EQ(dx_full.to_vector(), dx_part.to_vector());
+  }
+  const std::vector<Parameter*> pf = full->parameters(), pp = part->parameters();
+  ASSERT_EQ(pf.size(), pp.size());
+  for (size_t i = 0; i < pf.size(); ++i) {
+    if (!pp[i]->trainable) {
+      EXPECT_FALSE(pp[i]->grad.defined()) << pp[i]->name;
+      continue;
+    }
+    EXPECT_EQ(pf[i]->grad.to_vector(), pp[i]->grad.to_vector()) << pp[i]->name;
+  }
+  // The optimizer and the norm see only the trainable ones.
+  OptimizerOptions oo;
+  Optimizer opt(part->parameters(), oo);
+  EXPECT_EQ(opt.state().size(), 2 * part->trainable_parameters().size());
+  std::vector<Parameter*> trainable_full;
+  for (size_t i = 0; i < pf.size(); ++i)
+    if (pp[i]->trainable) trainable_full.push_back(pf[i]);
+  EXPECT_EQ(grad_norm(part->parameters()), grad_norm(trainable_full));
+  opt.step(0.1);
+  for (size_t i = 0; i < pp.size(); ++i) {
+    if (pp[i]->trainable) continue;
+    EXPECT_EQ(pp[i]->value.to_vector(), pf[i]->value.to_vector()) << pp[i]->name;
+  }
+}
+
+TEST(Module, FrozenLinearComputesOnlyDx) {
+  expect_freezing_changes_only_frozen_grads(
+      [] { return std::make_unique<TwoLayers>(); },
+      [] {
+        Tensor x = Tensor::empty({5, 3}, DType::f32, Device::cpu(), "x");
+        x.uniform_(3, 0, -1.0f, 1.0f);
+        return x;
+      },
+      [](const std::string& n) { return n.rfind("a.", 0) == 0 || n == "b.weight"; });
+}
+
+TEST(Module, FrozenGptPartsLeaveTheOtherGradientsUnchanged) {
+  nn::GptOptions o;
+  o.vocab_size = 37;
+  o.block_size = 8;
+  o.n_layer = 2;
+  o.n_head = 2;
+  o.n_embd = 8;
+  o.seed = 5;
+  auto rng = std::make_shared<RngStream>();
+  auto make = [o, rng] { return std::unique_ptr<Module>(new Gpt(o, rng)); };
+  auto tokens = [] {
+    std::vector<int32_t> ids(2 * 8);
+    for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int32_t>((i * 7 + 3) % 37);
+    return Tensor::from_vector(ids, {2, 8}, Device::cpu());
+  };
+  // The tied table, the first block's LayerNorms and linear weights (LoRA's
+  // base) and the final LayerNorm frozen; every bias still trains.
+  expect_freezing_changes_only_frozen_grads(make, tokens, [](const std::string& n) {
+    return n == "wte.weight" || n == "ln_f.weight" || (n.rfind("h.0.", 0) == 0 && n.find("bias") == std::string::npos);
+  });
+  // Everything but the biases frozen (the embedding backward has nothing to do).
+  expect_freezing_changes_only_frozen_grads(make, tokens,
+                                            [](const std::string& n) { return n.find("bias") == std::string::npos; });
 }
 
 }  // namespace

@@ -292,6 +292,35 @@ struct Tokenizer::Impl {
     }
   }
 
+  // The two files must describe one tokenizer: every ordinary token longer
+  // than a byte is the result of some merge (GPT-2: 256 bytes + 50000 merge
+  // results + 1 special = 50257). A token that no merge produces can never
+  // come out of encode(), so a vocab.bpe cut short (or empty, or from another
+  // tokenizer) would silently tokenize differently from the vocabulary it is
+  // paired with; refuse it with the counts. (The other direction, a merge
+  // whose result is not in encoder.json, index_merges already refuses.)
+  void check_every_token_merged(const std::string& encoder_json, const std::string& vocab_bpe) const {
+    std::vector<char> produced(id_bytes.size(), 0);
+    for (const BpeMerge& m : merges) produced[bytes_id.at(m.first + m.second)] = 1;
+    size_t longer = 0, orphans = 0;
+    int32_t first_orphan = -1;
+    for (const auto& [bytes, id] : bytes_id) {
+      if (bytes.size() < 2) continue;
+      ++longer;
+      if (produced[id]) continue;
+      ++orphans;
+      if (first_orphan < 0 || id < first_orphan) first_orphan = id;
+    }
+    if (orphans == 0) return;
+    std::ostringstream os;
+    os << vocab_bpe << ": " << merges.size() << " merge(s), but " << encoder_json << " has " << id_bytes.size()
+       << " tokens (256 bytes, " << specials.size() << " special, " << longer << " longer), which need at least "
+       << longer << " merges, one producing each longer token; " << orphans
+       << " longer token(s) are produced by no merge (the first, id " << first_orphan << ", is "
+       << quote_token(bytes_to_visible(id_bytes[first_orphan])) << "): is vocab.bpe truncated or from another tokenizer?";
+    throw InputError(os.str());
+  }
+
   void index_bytes(const std::string& where) {
     for (int b = 0; b < 256; ++b) {
       const std::string one(1, static_cast<char>(b));
@@ -526,6 +555,7 @@ Tokenizer Tokenizer::load_files(const std::string& encoder_json, const std::stri
             [](const auto& x, const auto& y) { return x.second < y.second; });
   impl->index_bytes(encoder_json);
   impl->index_merges(vocab_bpe, line_of);
+  impl->check_every_token_merged(encoder_json, vocab_bpe);
   return Tokenizer(std::move(impl));
 }
 

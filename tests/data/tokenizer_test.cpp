@@ -516,5 +516,31 @@ TEST_F(TokenizerFiles, MergeNotInVocabulary) {
   expect_error({"vocab.bpe:2", "two tokens"});
 }
 
+// Issue #11: a vocab.bpe cut short (or emptied) no longer agrees with its
+// encoder.json: the tokens whose merges were lost could never be produced.
+TEST_F(TokenizerFiles, TruncatedOrEmptyMergesAreRefusedWithTheCounts) {
+  const std::string bpe = read_file(dir_.file("vocab.bpe"));
+  const Tokenizer full = Tokenizer::load(dir_.path());
+  const size_t merges = full.merges().size();
+  ASSERT_GT(merges, 4u);
+  const size_t longer = static_cast<size_t>(full.vocab_size()) - 256 - full.specials().size();
+  // Keep the header and the first half of the merges.
+  size_t cut = bpe.find('\n') + 1;
+  for (size_t i = 0; i < merges / 2; ++i) cut = bpe.find('\n', cut) + 1;
+  write("vocab.bpe", bpe.substr(0, cut));
+  expect_error({dir_.file("vocab.bpe"), std::to_string(merges / 2) + " merge(s)", dir_.file("encoder.json"),
+                std::to_string(full.vocab_size()) + " tokens", "at least " + std::to_string(longer) + " merges",
+                "truncated"});
+  write("vocab.bpe", "#version: 0.2\n");
+  expect_error({"0 merge(s)", std::to_string(longer) + " longer token(s) are produced by no merge"});
+  write("vocab.bpe", "");
+  expect_error({"0 merge(s)"});
+  // The whole file still loads, and so does a byte-only vocabulary.
+  write("vocab.bpe", bpe);
+  EXPECT_NO_THROW(Tokenizer::load(dir_.path()));
+  Tokenizer::from_merges({}).save(dir_.file("bytes"));
+  EXPECT_EQ(Tokenizer::load(dir_.file("bytes")).vocab_size(), 257);
+}
+
 }  // namespace
 }  // namespace kiln

@@ -4,7 +4,7 @@
 
 #include "kernels/activation.h"
 #include "kernels/dropout.h"
-#include "nn/dispatch.h"
+#include "runtime/dispatch.h"
 
 namespace kiln::nn {
 

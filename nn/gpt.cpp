@@ -5,7 +5,7 @@
 #include <sstream>
 
 #include "kernels/activation.h"
-#include "nn/dispatch.h"
+#include "runtime/dispatch.h"
 #include "runtime/blas.h"
 #include "runtime/philox.h"
 

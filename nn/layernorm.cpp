@@ -3,7 +3,7 @@
 #include <sstream>
 
 #include "kernels/layernorm.h"
-#include "nn/dispatch.h"
+#include "runtime/dispatch.h"
 
 namespace kiln::nn {
 

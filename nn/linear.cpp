@@ -4,7 +4,7 @@
 #include <sstream>
 
 #include "kernels/activation.h"
-#include "nn/dispatch.h"
+#include "runtime/dispatch.h"
 #include "runtime/blas.h"
 
 namespace kiln::nn {

@@ -1,7 +1,7 @@
 #include "nn/loss.h"
 
 #include "kernels/cross_entropy.h"
-#include "nn/dispatch.h"
+#include "runtime/dispatch.h"
 
 namespace kiln::nn {
 

@@ -5,7 +5,7 @@
 
 #include "kernels/norm.h"
 #include "kernels/optimizer.h"
-#include "nn/dispatch.h"
+#include "runtime/dispatch.h"
 
 namespace kiln::nn {
 

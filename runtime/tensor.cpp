@@ -7,10 +7,12 @@
 #include <cstring>
 #include <limits>
 #include <sstream>
+#include <type_traits>
 
 #include "kernels/cast.h"
 #include "kernels/fill.h"
 #include "runtime/allocator.h"
+#include "runtime/dispatch.h"
 #include "runtime/stream.h"
 
 #if KILN_WITH_CUDA
@@ -137,18 +139,17 @@ double load_host(const void* p, DType t, int64_t i) {
   return 0.0;
 }
 
-template <typename Src>
-void cast_cpu_to(const Src* x, void* y, DType dst, int64_t n) {
-  switch (dst) {
-    case DType::f32: cast_forward_cpu(x, static_cast<float*>(y), n); return;
-    case DType::f64: cast_forward_cpu(x, static_cast<double*>(y), n); return;
-    case DType::bf16: cast_forward_cpu(x, static_cast<bf16*>(y), n); return;
-    case DType::i32: cast_forward_cpu(x, static_cast<int32_t*>(y), n); return;
-    case DType::u16: cast_forward_cpu(x, static_cast<uint16_t*>(y), n); return;
-    case DType::u8: cast_forward_cpu(x, static_cast<uint8_t*>(y), n); return;
-    case DType::f16: break;
-  }
-  KILN_CHECK(false, "cast to f16 is not supported");
+// The element types each backend's fill / cast kernels are instantiated for.
+using HostTypes = Types<float, double, bf16, int32_t, uint16_t, uint8_t>;
+using CudaFloatTypes = Types<float, bf16>;
+
+// A host double as element type T, converted once on the host so CPU and
+// GPU store the same bits (floats through f32, as every kernel computes).
+template <typename T>
+T scalar_as(double v) {
+  if constexpr (std::is_same_v<T, bf16>) return float_to_bf16(static_cast<float>(v));
+  else if constexpr (std::is_same_v<T, float>) return static_cast<float>(v);
+  else return static_cast<T>(v);
 }
 
 }  // namespace
@@ -190,26 +191,19 @@ Tensor Tensor::full(const Shape& shape, double value, DType dtype, Device device
 
 Tensor Tensor::arange(int64_t n, DType dtype, Device device) {
   Tensor t = empty(Shape{n}, dtype, device);
+  bool done = false;
   if (on_cuda(device)) {
 #if KILN_WITH_CUDA
     cudaStream_t s = compute_stream(device);
-    switch (dtype) {
-      case DType::f32: fill_arange(t.data<float>(), n, s); return t;
-      case DType::bf16: fill_arange(t.data<bf16>(), n, s); return t;
-      case DType::i32: fill_arange(t.data<int32_t>(), n, s); return t;
-      default: break;
-    }
+    done = visit_dtype(dtype, Types<float, bf16, int32_t>{},
+                       [&](auto tag) { fill_arange(t.data<decltype(tag)>(), n, s); });
 #endif
   } else {
-    switch (dtype) {
-      case DType::f32: fill_arange_cpu(t.data<float>(), n); return t;
-      case DType::f64: fill_arange_cpu(t.data<double>(), n); return t;
-      case DType::bf16: fill_arange_cpu(t.data<bf16>(), n); return t;
-      case DType::i32: fill_arange_cpu(t.data<int32_t>(), n); return t;
-      default: break;
-    }
+    done = visit_dtype(dtype, Types<float, double, bf16, int32_t>{},
+                       [&](auto tag) { fill_arange_cpu(t.data<decltype(tag)>(), n); });
   }
-  unsupported("arange", t);
+  if (!done) unsupported("arange", t);
+  return t;
 }
 
 Tensor Tensor::from_vector(const std::vector<float>& values, const Shape& shape, DType dtype, Device device) {
@@ -316,41 +310,27 @@ Tensor Tensor::cast(DType t) const {
   if (on_cuda(device())) {
 #if KILN_WITH_CUDA
     cudaStream_t s = compute_stream(device());
-    const void* x = raw();
-    void* y = out.raw();
-    if (t == DType::f32) {
-      switch (dtype_) {
-        case DType::bf16: cast_forward(static_cast<const bf16*>(x), static_cast<float*>(y), n, s); return out;
-        case DType::i32: cast_forward(static_cast<const int32_t*>(x), static_cast<float*>(y), n, s); return out;
-        case DType::u16: cast_forward(static_cast<const uint16_t*>(x), static_cast<float*>(y), n, s); return out;
-        case DType::u8: cast_forward(static_cast<const uint8_t*>(x), static_cast<float*>(y), n, s); return out;
-        default: break;
-      }
-    } else if (t == DType::bf16) {
-      switch (dtype_) {
-        case DType::f32: cast_forward(static_cast<const float*>(x), static_cast<bf16*>(y), n, s); return out;
-        case DType::i32: cast_forward(static_cast<const int32_t*>(x), static_cast<bf16*>(y), n, s); return out;
-        case DType::u16: cast_forward(static_cast<const uint16_t*>(x), static_cast<bf16*>(y), n, s); return out;
-        case DType::u8: cast_forward(static_cast<const uint8_t*>(x), static_cast<bf16*>(y), n, s); return out;
-        default: break;
-      }
-    }
-    KILN_CHECK(false, label(name_) << ": cast " << dtype_name(dtype_) << " -> " << dtype_name(t)
-                                   << " is not supported on " << device().str()
-                                   << " (CUDA casts produce f32 or bf16 from f32, bf16, i32, u16, u8)");
+    // CUDA casts produce f32 or bf16, from the other of the two or an integer type.
+    bool src_ok = false;
+    const bool dst_ok = visit_dtype(t, CudaFloatTypes{}, [&](auto dst) {
+      using D = decltype(dst);
+      src_ok = visit_dtype(dtype_, Types<float, bf16, int32_t, uint16_t, uint8_t>{}, [&](auto src) {
+        using S = decltype(src);
+        if constexpr (!std::is_same_v<S, D>) cast_forward(data<S>(), out.data<D>(), n, s);  // S == D returned above
+      });
+    });
+    KILN_CHECK(dst_ok && src_ok, label(name_) << ": cast " << dtype_name(dtype_) << " -> " << dtype_name(t)
+                                  << " is not supported on " << device().str()
+                                  << " (CUDA casts produce f32 or bf16 from f32, bf16, i32, u16, u8)");
 #endif
+    return out;
   }
-  const void* x = raw();
-  void* y = out.raw();
-  switch (dtype_) {
-    case DType::f32: cast_cpu_to(static_cast<const float*>(x), y, t, n); break;
-    case DType::f64: cast_cpu_to(static_cast<const double*>(x), y, t, n); break;
-    case DType::bf16: cast_cpu_to(static_cast<const bf16*>(x), y, t, n); break;
-    case DType::i32: cast_cpu_to(static_cast<const int32_t*>(x), y, t, n); break;
-    case DType::u16: cast_cpu_to(static_cast<const uint16_t*>(x), y, t, n); break;
-    case DType::u8: cast_cpu_to(static_cast<const uint8_t*>(x), y, t, n); break;
-    case DType::f16: unsupported("cast", *this);
-  }
+  bool dst_ok = false;
+  const bool src_ok = visit_dtype(dtype_, HostTypes{}, [&](auto src) {
+    using S = decltype(src);
+    dst_ok = visit_dtype(t, HostTypes{}, [&](auto dst) { cast_forward_cpu(data<S>(), out.data<decltype(dst)>(), n); });
+  });
+  if (!(src_ok && dst_ok)) unsupported("cast", *this);
   return out;
 }
 
@@ -371,80 +351,58 @@ void Tensor::zero_() {
 void Tensor::fill_(double value) {
   KILN_CHECK(defined(), "fill_(): the tensor is undefined");
   const int64_t n = numel_;
-  // Converted on the host once, so CPU and GPU store the same bits.
-  const float f = static_cast<float>(value);
+  bool done = false;
   if (on_cuda(device())) {
 #if KILN_WITH_CUDA
     cudaStream_t s = compute_stream(device());
-    switch (dtype_) {
-      case DType::f32: fill_constant(data<float>(), f, n, s); return;
-      case DType::bf16: fill_constant(data<bf16>(), float_to_bf16(f), n, s); return;
-      case DType::i32: fill_constant(data<int32_t>(), static_cast<int32_t>(value), n, s); return;
-      case DType::u16: fill_constant(data<uint16_t>(), static_cast<uint16_t>(value), n, s); return;
-      case DType::u8: fill_constant(data<uint8_t>(), static_cast<uint8_t>(value), n, s); return;
-      default: break;
-    }
+    done = visit_dtype(dtype_, Types<float, bf16, int32_t, uint16_t, uint8_t>{}, [&](auto tag) {
+      using T = decltype(tag);
+      fill_constant(data<T>(), scalar_as<T>(value), n, s);
+    });
 #endif
   } else {
-    switch (dtype_) {
-      case DType::f32: fill_constant_cpu(data<float>(), f, n); return;
-      case DType::f64: fill_constant_cpu(data<double>(), value, n); return;
-      case DType::bf16: fill_constant_cpu(data<bf16>(), float_to_bf16(f), n); return;
-      case DType::i32: fill_constant_cpu(data<int32_t>(), static_cast<int32_t>(value), n); return;
-      case DType::u16: fill_constant_cpu(data<uint16_t>(), static_cast<uint16_t>(value), n); return;
-      case DType::u8: fill_constant_cpu(data<uint8_t>(), static_cast<uint8_t>(value), n); return;
-      default: break;
-    }
+    done = visit_dtype(dtype_, HostTypes{}, [&](auto tag) {
+      using T = decltype(tag);
+      fill_constant_cpu(data<T>(), scalar_as<T>(value), n);
+    });
   }
-  unsupported("fill_", *this);
+  if (!done) unsupported("fill_", *this);
 }
 
 uint64_t Tensor::uniform_(uint64_t seed, uint64_t offset, float lo, float hi) {
   KILN_CHECK(defined(), "uniform_(): the tensor is undefined");
   const int64_t n = numel_;
-  const uint64_t next = offset + uniform_counters(n);
+  bool done = false;
   if (on_cuda(device())) {
 #if KILN_WITH_CUDA
     cudaStream_t s = compute_stream(device());
-    switch (dtype_) {
-      case DType::f32: fill_uniform(data<float>(), n, seed, offset, lo, hi, s); return next;
-      case DType::bf16: fill_uniform(data<bf16>(), n, seed, offset, lo, hi, s); return next;
-      default: break;
-    }
+    done = visit_dtype(dtype_, CudaFloatTypes{},
+                       [&](auto tag) { fill_uniform(data<decltype(tag)>(), n, seed, offset, lo, hi, s); });
 #endif
   } else {
-    switch (dtype_) {
-      case DType::f32: fill_uniform_cpu(data<float>(), n, seed, offset, lo, hi); return next;
-      case DType::f64: fill_uniform_cpu(data<double>(), n, seed, offset, lo, hi); return next;
-      case DType::bf16: fill_uniform_cpu(data<bf16>(), n, seed, offset, lo, hi); return next;
-      default: break;
-    }
+    done = visit_dtype(dtype_, Types<float, double, bf16>{},
+                       [&](auto tag) { fill_uniform_cpu(data<decltype(tag)>(), n, seed, offset, lo, hi); });
   }
-  unsupported("uniform_", *this);
+  if (!done) unsupported("uniform_", *this);
+  return offset + uniform_counters(n);
 }
 
 uint64_t Tensor::normal_(uint64_t seed, uint64_t offset, float mean, float stddev) {
   KILN_CHECK(defined(), "normal_(): the tensor is undefined");
   const int64_t n = numel_;
-  const uint64_t next = offset + normal_counters(n);
+  bool done = false;
   if (on_cuda(device())) {
 #if KILN_WITH_CUDA
     cudaStream_t s = compute_stream(device());
-    switch (dtype_) {
-      case DType::f32: fill_normal(data<float>(), n, seed, offset, mean, stddev, s); return next;
-      case DType::bf16: fill_normal(data<bf16>(), n, seed, offset, mean, stddev, s); return next;
-      default: break;
-    }
+    done = visit_dtype(dtype_, CudaFloatTypes{},
+                       [&](auto tag) { fill_normal(data<decltype(tag)>(), n, seed, offset, mean, stddev, s); });
 #endif
   } else {
-    switch (dtype_) {
-      case DType::f32: fill_normal_cpu(data<float>(), n, seed, offset, mean, stddev); return next;
-      case DType::f64: fill_normal_cpu(data<double>(), n, seed, offset, mean, stddev); return next;
-      case DType::bf16: fill_normal_cpu(data<bf16>(), n, seed, offset, mean, stddev); return next;
-      default: break;
-    }
+    done = visit_dtype(dtype_, Types<float, double, bf16>{},
+                       [&](auto tag) { fill_normal_cpu(data<decltype(tag)>(), n, seed, offset, mean, stddev); });
   }
-  unsupported("normal_", *this);
+  if (!done) unsupported("normal_", *this);
+  return offset + normal_counters(n);
 }
 
 // --- host copies -------------------------------------------------------------------

@@ -47,6 +47,21 @@ else
   echo "setup: GPT-2 tokenizer files present in $gpt2_dir"
 fi
 
+# The CMU Pronouncing Dictionary (configs/sft_cmudict.yaml builds its SFT
+# splits from it), shipped by the npm package cmu-pronouncing-dictionary (ISC).
+cmudict_dir=/usr/local/share/kiln/cmudict
+if [ ! -s "$cmudict_dir/index.js" ]; then
+  echo "setup: fetching the CMU Pronouncing Dictionary (npm cmu-pronouncing-dictionary@3.0.0) into $cmudict_dir"
+  tmp=$(mktemp -d)
+  (cd "$tmp" && npm install --silent --no-audit --no-fund cmu-pronouncing-dictionary@3.0.0 >/dev/null)
+  "${sudo_cmd[@]}" mkdir -p "$cmudict_dir"
+  "${sudo_cmd[@]}" cp "$tmp/node_modules/cmu-pronouncing-dictionary/index.js" \
+    "$tmp/node_modules/cmu-pronouncing-dictionary/license" "$cmudict_dir/"
+  rm -rf "$tmp"
+else
+  echo "setup: CMU Pronouncing Dictionary present in $cmudict_dir"
+fi
+
 if [ -x /usr/local/cuda/bin/nvcc ] || command -v nvcc >/dev/null 2>&1; then
   echo "setup: CUDA toolkit found ($( (command -v nvcc || echo /usr/local/cuda/bin/nvcc) )): kiln builds its CUDA backend too"
 else

@@ -39,6 +39,7 @@ TokenLoader::TokenLoader(const std::vector<std::string>& shard_paths, const Toke
   Fnv fp;
   for (const std::string& p : shard_paths) {
     shards_.emplace_back(p);
+    if (opt.vocab_size > 0) shards_.back().check_ids(opt.vocab_size);
     const auto n = static_cast<int64_t>(shards_.back().size());
     num_tokens_ += n;
     // Random order keeps T tokens of slack so every phase fits the same count.

@@ -39,6 +39,11 @@ struct TokenLoaderOptions {
   uint64_t seed = 0;
   int rank = 0;
   int world = 1;
+  /// When > 0, every shard's tokens are checked against ids 0..vocab_size-1
+  /// as it is opened (TokenShard::check_ids), so a shard from another
+  /// tokenizer is refused up front, by name, rather than at the step that
+  /// first reads a bad id.
+  int64_t vocab_size = 0;
 };
 
 /// Where a loader is; save it with a checkpoint, give it back to resume.
@@ -50,9 +55,9 @@ struct LoaderPosition {
 
 class TokenLoader {
  public:
-  /// Opens (maps) the shards. InputError if a shard is bad, if B, T, rank or
-  /// world are out of range, or if the shards hold fewer windows than one
-  /// global batch (B·world).
+  /// Opens (maps) the shards. InputError if a shard is bad (or holds an id
+  /// outside opt.vocab_size), if B, T, rank or world are out of range, or if
+  /// the shards hold fewer windows than one global batch (B·world).
   TokenLoader(const std::vector<std::string>& shard_paths, const TokenLoaderOptions& opt);
 
   /// Fills x and y, each (B, T) row-major, and advances one step (rolling

@@ -122,6 +122,25 @@ TokenShard::TokenShard(const std::string& path) : path_(path) {
   n_ = n;
 }
 
+uint16_t TokenShard::max_id() const {
+  // A branch-free max over blocks vectorizes; ~0.1 s for 100M tokens (200 MB).
+  uint16_t m = 0;
+  for (size_t i = 0; i < n_; ++i) m = tokens_[i] > m ? tokens_[i] : m;
+  return m;
+}
+
+void TokenShard::check_ids(int64_t vocab_size) const {
+  if (vocab_size > 65535 || n_ == 0) return;  // every uint16 fits
+  KILN_INPUT_CHECK(vocab_size >= 1, path_ << ": cannot check token ids against a vocabulary of " << vocab_size);
+  if (max_id() < vocab_size) return;
+  // Rare path: find where the first bad id is, for the message.
+  size_t i = 0;
+  while (i < n_ && tokens_[i] < vocab_size) ++i;
+  KILN_INPUT_CHECK(false, path_ << ": token " << i << " (byte offset " << kShardHeaderBytes + 2 * i << ") is id "
+                                << tokens_[i] << ", outside the vocabulary of " << vocab_size << " (ids 0.."
+                                << vocab_size - 1 << "); was this shard made with another tokenizer?");
+}
+
 void TokenShard::release() noexcept {
   if (map_) ::munmap(map_, map_bytes_);
   map_ = nullptr;

@@ -51,6 +51,13 @@ class TokenShard {
   const uint16_t* data() const { return tokens_; }
   uint16_t operator[](size_t i) const { return tokens_[i]; }
 
+  /// The largest token id (0 for an empty shard): one pass over the tokens.
+  uint16_t max_id() const;
+  /// Checks every token against a vocabulary of `vocab_size` ids (one pass;
+  /// nothing to do when vocab_size > 65535). InputError naming the file, the
+  /// first offending token, its index and its byte offset in the file.
+  void check_ids(int64_t vocab_size) const;
+
  private:
   void release() noexcept;
   std::string path_;

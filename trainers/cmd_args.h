@@ -1,9 +1,12 @@
 // A small option parser for the `kiln tokenizer` and `kiln data` commands:
 // --name VALUE, --name=VALUE, list options that take every value up to the
 // next --option (--text A B C), and flags. Anything unknown or malformed is
-// reported with a message for the usage line.
+// reported with a message for the usage line. Numeric values are parsed
+// whole and range-checked, and a refused one is reported with its range.
 #pragma once
 
+#include <cerrno>
+#include <cstdlib>
 #include <map>
 #include <set>
 #include <string>
@@ -19,6 +22,31 @@ struct ParsedArgs {
   bool has(const std::string& name) const { return values.count(name) > 0; }
   const std::string& one(const std::string& name) const { return values.at(name).front(); }
 };
+
+/// Parses all of `s` as a decimal integer in [lo, hi] (no sign tricks, no
+/// trailing characters, no overflow: strtoll's ERANGE counts as outside).
+inline bool parse_integer(const std::string& s, long long lo, long long hi, long long* v) {
+  if (s.empty()) return false;
+  errno = 0;
+  char* end = nullptr;
+  *v = std::strtoll(s.c_str(), &end, 10);
+  return errno == 0 && end == s.c_str() + s.size() && *v >= lo && *v <= hi;
+}
+
+/// Parses all of `s` as a finite number in [lo, hi].
+inline bool parse_number(const std::string& s, double lo, double hi, double* v) {
+  if (s.empty()) return false;
+  errno = 0;
+  char* end = nullptr;
+  *v = std::strtod(s.c_str(), &end);
+  return errno == 0 && end == s.c_str() + s.size() && *v >= lo && *v <= hi;
+}
+
+/// "--name: expected an integer in [lo, hi], got 'value'": the message for a
+/// value parse_integer refused, with the whole allowed range.
+inline std::string integer_range_error(const std::string& name, const std::string& value, long long lo, long long hi) {
+  return name + ": expected an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) + "], got '" + value + "'";
+}
 
 /// `single`: options with exactly one value; `lists`: options with one or
 /// more; `flag_names`: options without a value. Names include the "--".

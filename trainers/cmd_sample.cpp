@@ -34,21 +34,10 @@ int usage_error(std::FILE* err, const std::string& why) {
   return 2;
 }
 
-bool parse_ll(const std::string& s, long long lo, long long hi, long long* v) {
-  if (s.empty()) return false;
-  errno = 0;
-  char* end = nullptr;
-  *v = std::strtoll(s.c_str(), &end, 10);
-  return errno == 0 && end == s.c_str() + s.size() && *v >= lo && *v <= hi;
-}
-
-bool parse_double(const std::string& s, double lo, double hi, double* v) {
-  if (s.empty()) return false;
-  errno = 0;
-  char* end = nullptr;
-  *v = std::strtod(s.c_str(), &end);
-  return errno == 0 && end == s.c_str() + s.size() && *v >= lo && *v <= hi;
-}
+// Integer options and their ranges (the range is part of the message when a
+// value falls outside it).
+constexpr long long kMaxTokens = 1 << 24;
+constexpr long long kMaxSeed = 0x7fffffffffffffffLL;
 
 int run(int argc, char** argv, std::FILE* out, std::FILE* err) {
   if (argc < 1 || std::string(argv[0]).rfind("--", 0) == 0) return usage_error(err, "needs a checkpoint or run directory");
@@ -66,25 +55,28 @@ int run(int argc, char** argv, std::FILE* out, std::FILE* err) {
   long long v = 0;
   double d = 0;
   if (a.has("--tokens")) {
-    if (!parse_ll(a.one("--tokens"), 1, 1 << 24, &v)) return usage_error(err, "--tokens: expected an integer >= 1, got '" + a.one("--tokens") + "'");
+    if (!parse_integer(a.one("--tokens"), 1, kMaxTokens, &v))
+      return usage_error(err, integer_range_error("--tokens", a.one("--tokens"), 1, kMaxTokens));
     g.max_new_tokens = v;
   }
   if (a.has("--temperature")) {
-    if (!parse_double(a.one("--temperature"), 0.0, 100.0, &d))
+    if (!parse_number(a.one("--temperature"), 0.0, 100.0, &d))
       return usage_error(err, "--temperature: expected a number in [0, 100], got '" + a.one("--temperature") + "'");
     g.temperature = static_cast<float>(d);
   }
   if (a.has("--top-k")) {
-    if (!parse_ll(a.one("--top-k"), 0, 1 << 24, &v)) return usage_error(err, "--top-k: expected an integer >= 0, got '" + a.one("--top-k") + "'");
+    if (!parse_integer(a.one("--top-k"), 0, kMaxTokens, &v))
+      return usage_error(err, integer_range_error("--top-k", a.one("--top-k"), 0, kMaxTokens));
     g.top_k = v;
   }
   if (a.has("--seed")) {
-    if (!parse_ll(a.one("--seed"), 0, 0x7fffffffffffffffLL, &v)) return usage_error(err, "--seed: expected an integer >= 0, got '" + a.one("--seed") + "'");
+    if (!parse_integer(a.one("--seed"), 0, kMaxSeed, &v))
+      return usage_error(err, integer_range_error("--seed", a.one("--seed"), 0, kMaxSeed));
     g.seed = static_cast<uint64_t>(v);
   }
   if (a.has("--min-tokens")) {
-    if (!parse_ll(a.one("--min-tokens"), 0, 1 << 24, &v))
-      return usage_error(err, "--min-tokens: expected an integer >= 0, got '" + a.one("--min-tokens") + "'");
+    if (!parse_integer(a.one("--min-tokens"), 0, kMaxTokens, &v))
+      return usage_error(err, integer_range_error("--min-tokens", a.one("--min-tokens"), 0, kMaxTokens));
     g.min_new_tokens = v;
   }
   std::vector<std::string> overrides;

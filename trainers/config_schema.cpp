@@ -10,6 +10,7 @@
 //      resolved values, then the owner's cross-field checks run.
 #include "trainers/config_schema.h"
 
+#include <yaml-cpp/depthguard.h>  // YAML::DeepRecursion
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -95,6 +96,14 @@ static std::string either(const std::vector<std::string>& v) {
 
 static std::string child_path(const std::string& parent, const std::string& name) {
   return parent.empty() ? name : parent + "." + name;
+}
+
+// yaml-cpp refuses documents nested deeper than its parser's recursion limit
+// (DepthGuard<500>) with DeepRecursion, whose message says only "bad file".
+static std::string too_deep(const YAML::DeepRecursion& e) {
+  return "nested too deeply: maps and lists " + std::to_string(e.depth()) +
+         " levels inside each other reach yaml-cpp's limit (a kiln config is a few levels deep: section, "
+         "subsection, value)";
 }
 
 static std::string mark_text(const std::string& source, const YAML::Mark& m) {
@@ -385,6 +394,8 @@ void Schema::apply_override(const std::string& text, std::vector<Given>& given, 
   YAML::Node node;
   try {
     node = YAML::Load(value);
+  } catch (const YAML::DeepRecursion& e) {
+    throw InputError(where + ": " + field->path + ": malformed value: " + too_deep(e));
   } catch (const YAML::Exception& e) {
     throw InputError(where + ": " + field->path + ": malformed value: " + e.msg);
   }
@@ -609,6 +620,8 @@ void Schema::load_text(void* root, const std::string& text, const std::string& s
   YAML::Node doc;
   try {
     doc = YAML::Load(text);
+  } catch (const YAML::DeepRecursion& e) {  // a ParserException whose message is only "bad file"
+    throw InputError(mark_text(source, e.mark) + ": malformed YAML: " + too_deep(e));
   } catch (const YAML::ParserException& e) {
     throw InputError(mark_text(source, e.mark) + ": malformed YAML: " + e.msg);
   } catch (const YAML::Exception& e) {

@@ -185,6 +185,7 @@ LanguageModelTask::LanguageModelTask(const TrainConfig& cfg, Device device)
   lo.seed = cfg.seed;
   lo.rank = pi.rank;
   lo.world = pi.world;
+  lo.vocab_size = V_;  // every shard's ids checked once, when it is opened
   train_ = std::make_unique<TokenLoader>(train_paths_, lo);
   if (!val_paths_.empty()) val_windows_ = sequential_windows(val_paths_, T_);
 
@@ -273,6 +274,7 @@ TaskStats LanguageModelTask::evaluate(Split split, int64_t max_batches) {
   lo.seed = cfg_.seed;
   lo.rank = pi.rank;
   lo.world = pi.world;
+  lo.vocab_size = V_;
   TokenLoader loader(paths, lo);
   int64_t steps = loader.steps_per_epoch();
   if (max_batches > 0) steps = std::min(steps, max_batches);

@@ -187,5 +187,38 @@ TEST(TokenLoader, BadSetupsAreInputErrors) {
   EXPECT_THROW(TokenLoader({dir.file("missing.bin")}, opts(1, 4, true)), InputError);
 }
 
+// Issue #11: a shard with an id the model cannot embed is refused when the
+// loader opens it, naming the file, the token index and the byte offset.
+TEST(TokenLoader, IdsOutsideTheVocabularyAreRefusedAtOpen) {
+  test::TempDir dir;
+  std::vector<int32_t> good(300), bad(300);
+  for (int i = 0; i < 300; ++i) good[i] = bad[i] = i % 512;
+  bad[257] = 65535;
+  bad[299] = 600;
+  write_token_shard(dir.file("train_0.bin"), good);
+  write_token_shard(dir.file("train_1.bin"), bad);
+  TokenLoaderOptions o = opts(2, 16, true);
+  o.vocab_size = 512;
+  EXPECT_NO_THROW(TokenLoader({dir.file("train_0.bin")}, o));
+  try {
+    TokenLoader l({dir.file("train_0.bin"), dir.file("train_1.bin")}, o);
+    ADD_FAILURE() << "a shard holding id 65535 was accepted for a 512-token vocabulary";
+  } catch (const InputError& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find(dir.file("train_1.bin")), std::string::npos) << m;
+    EXPECT_NE(m.find("token 257 (byte offset " + std::to_string(1024 + 2 * 257) + ") is id 65535"), std::string::npos) << m;
+    EXPECT_NE(m.find("vocabulary of 512"), std::string::npos) << m;
+  }
+  o.vocab_size = 0;  // unchecked, as before
+  EXPECT_NO_THROW(TokenLoader({dir.file("train_1.bin")}, o));
+  o.vocab_size = 65536;
+  EXPECT_NO_THROW(TokenLoader({dir.file("train_1.bin")}, o));
+  TokenShard s(dir.file("train_1.bin"));
+  EXPECT_EQ(s.max_id(), 65535);
+  EXPECT_NO_THROW(s.check_ids(65536));
+  EXPECT_THROW(s.check_ids(601), InputError);  // 65535 still
+  EXPECT_EQ(TokenShard(dir.file("train_0.bin")).max_id(), 299);
+}
+
 }  // namespace
 }  // namespace kiln

@@ -112,6 +112,16 @@ void declare(Schema& s) {
       .when("data.type", {"tokens", "sft"});
   data.strings("text_files", &DataConfig::text_files, {}, "text files to tokenize into the shards when missing")
       .when("data.type", {"tokens"});
+  data.string("val_path", &DataConfig::val_path, "", "held-out JSONL for validation (sft)").when("data.type", {"sft"});
+  data.string("test_path", &DataConfig::test_path, "", "held-out JSONL for testing (sft)").when("data.type", {"sft"});
+  data.boolean("pack", &DataConfig::pack, true, "pack examples first-fit into full windows (false: one per row)")
+      .when("data.type", {"sft"});
+  data.boolean("skip_bad_lines", &DataConfig::skip_bad_lines, false,
+               "count and skip JSONL lines that are not valid records instead of stopping")
+      .when("data.type", {"sft"});
+  data.string("cmudict", &DataConfig::cmudict, "",
+              "CMU Pronouncing Dictionary to build data.path/val_path/test_path from when missing (kiln data cmudict)")
+      .when("data.type", {"sft"});
 
   // --- optimizer ---
   auto optim = top.section("optim", &TrainConfig::optim, "the optimizer");
@@ -206,8 +216,15 @@ void declare(Schema& s) {
   auto sft = top.section("sft", &TrainConfig::sft, "supervised fine-tuning (data.type sft)").when("data.type", {"sft"});
   sft.string("prompt_template", &SftConfig::prompt_template, "### Instruction:\n{prompt}\n\n### Response:\n",
              "text around each prompt; {prompt} marks where it goes");
-  sft.integer("max_len", &SftConfig::max_len, 1024, "longest prompt + completion in tokens (longer are cut)")
+  sft.integer("max_len", &SftConfig::max_len, 1024,
+              "window length: positions an example may use (its tokens - 1); longer ones per sft.overflow")
       .range(1, 1 << 20);
+  sft.choice("overflow", &SftConfig::overflow, {"truncate", "drop"}, "truncate",
+             "an example longer than max_len: cut its prompt from the left, or drop it");
+  sft.integer("eval_examples", &SftConfig::eval_examples, 200,
+              "held-out prompts answered greedily for exact_match per evaluation (0 = none)")
+      .range(0, kMaxInt);
+  sft.integer("max_new_tokens", &SftConfig::max_new_tokens, 64, "most tokens generated per answer").range(1, 1 << 20);
 
   auto mfu = top.section("mfu", &TrainConfig::mfu, "model FLOPs utilization reporting");
   mfu.number("peak_tflops", &MfuConfig::peak_tflops, 0.0, "peak TFLOP/s to divide by (0 = the device's table value)")

@@ -91,6 +91,10 @@ struct DataConfig {
   std::string val_shards;    ///< glob of token shards (tokens)
   std::string tokenizer;     ///< tokenizer directory (tokens, sft)
   std::vector<std::string> text_files;  ///< text to build token shards from (tokens)
+  std::string val_path, test_path;      ///< held-out JSONL files (sft)
+  bool pack = false;                    ///< pack examples first-fit into windows (sft)
+  bool skip_bad_lines = false;          ///< count and skip bad JSONL lines instead of stopping (sft)
+  std::string cmudict;                  ///< CMU dictionary to build the sft splits from when missing
 };
 
 struct OptimConfig {
@@ -146,6 +150,9 @@ struct LoraConfig {
 struct SftConfig {
   std::string prompt_template;  ///< must contain "{prompt}"
   int64_t max_len = 0;
+  std::string overflow;         ///< "truncate" (the prompt's left) or "drop" examples longer than max_len
+  int64_t eval_examples = 0;    ///< held-out prompts answered by generation per evaluation (0 = none)
+  int64_t max_new_tokens = 0;   ///< generation limit per answer
 };
 
 struct MfuConfig {

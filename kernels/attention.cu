@@ -266,16 +266,20 @@ struct ForwardF32 {
 }  // namespace attn
 
 void attention_forward(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v, int B, int T, int H,
-                       int D, int64_t stride, float scale, bool causal, cudaStream_t stream) {
+                       int D, int64_t stride, float scale, const AttentionMask& mask, cudaStream_t stream) {
   detail::check_attention_args("attention_forward", B, T, H, D, stride);
+  KILN_CHECK(mask.segment_ids == nullptr, "attention_forward: segment ids are not supported by the CUDA kernels yet");
+  const bool causal = mask.causal;
   if (B == 0 || T == 0 || H == 0) return;
   detail::check_bf16_alignment("attention_forward", stride, {out, q, k, v});
   attn::dispatch<attn::ForwardBf16>(D, causal, out, lse, q, k, v, B, T, H, stride, scale, stream);
 }
 
 void attention_forward(float* out, float* lse, const float* q, const float* k, const float* v, int B, int T, int H,
-                       int D, int64_t stride, float scale, bool causal, cudaStream_t stream) {
+                       int D, int64_t stride, float scale, const AttentionMask& mask, cudaStream_t stream) {
   detail::check_attention_args("attention_forward", B, T, H, D, stride);
+  KILN_CHECK(mask.segment_ids == nullptr, "attention_forward: segment ids are not supported by the CUDA kernels yet");
+  const bool causal = mask.causal;
   if (B == 0 || T == 0 || H == 0) return;
   attn::dispatch<attn::ForwardF32>(D, causal, out, lse, q, k, v, B, T, H, stride, scale, stream);
 }

@@ -1,8 +1,11 @@
 // Fused multi-head scaled dot-product attention (flash-style): forward and
-// backward, causal and non-causal, CUDA launchers and CPU references.
+// backward under a mask description (causal or bidirectional, optional
+// segment ids for packed sequences: kernels/attention_mask.h), CUDA launchers
+// and CPU references.
 //
 //   O = softmax(scale · Q Kᵀ + mask) V          per batch b and head h
-//   LSE[b, h, i] = log Σ_j exp(scale · q_i · k_j)  (natural log, masked j left out)
+//   LSE[b, h, i] = log Σ_j exp(scale · q_i · k_j)  (natural log over the j
+//                                                   visible to i)
 //
 // Layout (agreed with the model code; no permute needed before or after):
 //   Q, K, V   (B, T, H, D) with a row stride: element (b, t, h, d) of Q is at
@@ -15,8 +18,12 @@
 //             buffer works; they are overwritten (not accumulated into), and
 //             nothing outside the (b, t, h, d) elements they own is touched.
 //   scale     usually 1/sqrt(D); passed in.
-//   causal    key j is visible to query i iff j <= i (same T for queries and
-//             keys: self-attention).
+//   mask      AttentionMask: key j is visible to query i iff
+//             attention_visible(i, j, seg[b, i], seg[b, j], causal) (same T
+//             for queries and keys: self-attention). segment_ids (B, T) int32,
+//             non-decreasing along each row, or nullptr; a host pointer for
+//             the CPU references (which check it), a device pointer for the
+//             CUDA launchers (which rely on it).
 //
 // CUDA (kernels/attention.cu, kernels/attention_backward.cu): head dims 32, 64
 // and 128, any T >= 1. bf16 inputs and outputs use tensor cores (mma.sync
@@ -29,6 +36,9 @@
 // aligned and stride a multiple of 8 (true for cudaMalloc'd buffers and the
 // fused-QKV offsets, since C = H·D is a multiple of 32).
 //
+// Interim: the CPU references take segment ids; the CUDA launchers still
+// reject them (KILN_CHECK) until the kernels' tile skipping lands.
+//
 // Status: the CUDA code compiles warning-free for sm_90a (no spills) but has
 // not yet run on a GPU. Its source does run, in CPU-only builds, under a host
 // emulator of the CUDA subset it uses (tests/kernels/attention_emulation_test.cpp),
@@ -39,6 +49,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "kernels/attention_mask.h"
 #include "kernels/common.h"
 
 namespace kiln {
@@ -52,32 +63,34 @@ inline size_t attention_backward_workspace_floats(int B, int T, int H) {
 /// Forward. out (B, T, H, D) contiguous; lse (B, H, T) fp32; q/k/v (B, T, H, D)
 /// with row stride `stride` (see the layout above). D ∈ {32, 64, 128}.
 void attention_forward(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v, int B, int T, int H,
-                       int D, int64_t stride, float scale, bool causal, cudaStream_t stream);
+                       int D, int64_t stride, float scale, const AttentionMask& mask, cudaStream_t stream);
 void attention_forward(float* out, float* lse, const float* q, const float* k, const float* v, int B, int T,
-                       int H, int D, int64_t stride, float scale, bool causal, cudaStream_t stream);
+                       int H, int D, int64_t stride, float scale, const AttentionMask& mask, cudaStream_t stream);
 
 /// Backward. Writes dq/dk/dv (same layout and stride as q/k/v) from dout and
 /// out (B, T, H, D) contiguous and the forward's lse (B, H, T).
 /// `workspace` holds attention_backward_workspace_floats(B, T, H) floats.
 void attention_backward(bf16* dq, bf16* dk, bf16* dv, float* workspace, const bf16* dout, const bf16* q,
                         const bf16* k, const bf16* v, const bf16* out, const float* lse, int B, int T, int H,
-                        int D, int64_t stride, float scale, bool causal, cudaStream_t stream);
+                        int D, int64_t stride, float scale, const AttentionMask& mask, cudaStream_t stream);
 void attention_backward(float* dq, float* dk, float* dv, float* workspace, const float* dout, const float* q,
                         const float* k, const float* v, const float* out, const float* lse, int B, int T, int H,
-                        int D, int64_t stride, float scale, bool causal, cudaStream_t stream);
+                        int D, int64_t stride, float scale, const AttentionMask& mask, cudaStream_t stream);
 #endif
 
-/// CPU reference forward: plain softmax(scale · Q Kᵀ) V, one row of scores at
-/// a time. Same layout as the CUDA launcher; any D >= 1. Real = float or double.
+/// CPU reference forward: plain softmax(scale · Q Kᵀ) V over the keys the
+/// mask leaves visible, one row of scores at a time. Same layout as the CUDA
+/// launcher; any D >= 1. Real = float or double. Throws InputError on
+/// decreasing segment ids (check_attention_segments).
 template <typename Real>
 void attention_forward_cpu(Real* out, Real* lse, const Real* q, const Real* k, const Real* v, int B, int T, int H,
-                           int D, int64_t stride, float scale, bool causal);
+                           int D, int64_t stride, float scale, const AttentionMask& mask);
 
 /// CPU reference backward: recomputes P from q, k and lse; delta_i = dO_i · O_i;
 /// dS = P ⊙ (dO Vᵀ − delta); dQ = scale·dS K, dK = scale·dSᵀ Q, dV = Pᵀ dO.
 template <typename Real>
 void attention_backward_cpu(Real* dq, Real* dk, Real* dv, const Real* dout, const Real* q, const Real* k,
                             const Real* v, const Real* out, const Real* lse, int B, int T, int H, int D,
-                            int64_t stride, float scale, bool causal);
+                            int64_t stride, float scale, const AttentionMask& mask);
 
 }  // namespace kiln

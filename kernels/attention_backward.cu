@@ -472,8 +472,10 @@ void launch_delta(float* delta, const Tin* dout, const Tin* out, int B, int T, i
 
 void attention_backward(bf16* dq, bf16* dk, bf16* dv, float* workspace, const bf16* dout, const bf16* q,
                         const bf16* k, const bf16* v, const bf16* out, const float* lse, int B, int T, int H, int D,
-                        int64_t stride, float scale, bool causal, cudaStream_t stream) {
+                        int64_t stride, float scale, const AttentionMask& mask, cudaStream_t stream) {
   detail::check_attention_args("attention_backward", B, T, H, D, stride);
+  KILN_CHECK(mask.segment_ids == nullptr, "attention_backward: segment ids are not supported by the CUDA kernels yet");
+  const bool causal = mask.causal;
   if (B == 0 || T == 0 || H == 0) return;
   detail::check_bf16_alignment("attention_backward", stride, {dq, dk, dv, dout, q, k, v});
   attn::launch_delta(workspace, dout, out, B, T, H, D, stream);
@@ -483,8 +485,10 @@ void attention_backward(bf16* dq, bf16* dk, bf16* dv, float* workspace, const bf
 
 void attention_backward(float* dq, float* dk, float* dv, float* workspace, const float* dout, const float* q,
                         const float* k, const float* v, const float* out, const float* lse, int B, int T, int H,
-                        int D, int64_t stride, float scale, bool causal, cudaStream_t stream) {
+                        int D, int64_t stride, float scale, const AttentionMask& mask, cudaStream_t stream) {
   detail::check_attention_args("attention_backward", B, T, H, D, stride);
+  KILN_CHECK(mask.segment_ids == nullptr, "attention_backward: segment ids are not supported by the CUDA kernels yet");
+  const bool causal = mask.causal;
   if (B == 0 || T == 0 || H == 0) return;
   attn::launch_delta(workspace, dout, out, B, T, H, D, stream);
   attn::dispatch_backward<attn::BackwardF32>(D, causal, dq, dk, dv, static_cast<const float*>(workspace), dout, q,

@@ -1,7 +1,11 @@
-// CPU references for fused attention (see kernels/attention.h for the layout).
-// Plain math, one query row of scores at a time: O(B·H·T²·D) work and O(T)
-// scratch. These are the ground truth the CUDA kernels are tested against and
-// the CPU backend's attention; double serves the finite-difference checks.
+// CPU references for fused attention (see kernels/attention.h for the layout,
+// kernels/attention_mask.h for the mask). Plain math, one query row of scores
+// at a time, every (i, j) pair asked attention_visible() and invisible keys
+// left out of the softmax: O(B·H·T²·D) work at most and O(T) scratch. These
+// are the ground truth the CUDA kernels are tested against and the CPU
+// backend's attention; double serves the finite-difference checks. Visible
+// pairs are visited in increasing j (forward, dQ) and i (dK, dV) order, so a
+// packed row gives bit for bit the numbers of its examples run alone.
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -35,38 +39,46 @@ inline Real dot(const Real* a, const Real* b, int n) {
   return s;
 }
 
-// Number of keys query i may see.
-inline int visible_keys(int i, int T, bool causal) { return causal ? i + 1 : T; }
+// Segment id of token t of batch row b (0 for all without segment ids).
+inline int32_t segment_of(const AttentionMask& mask, int b, int t, int T) {
+  return mask.segment_ids ? mask.segment_ids[static_cast<int64_t>(b) * T + t] : 0;
+}
 
 }  // namespace
 
 template <typename Real>
 void attention_forward_cpu(Real* out, Real* lse, const Real* q, const Real* k, const Real* v, int B, int T, int H,
-                           int D, int64_t stride, float scale, bool causal) {
+                           int D, int64_t stride, float scale, const AttentionMask& mask) {
   check_args("attention_forward_cpu", B, T, H, D, stride);
+  check_attention_segments(mask.segment_ids, B, T, "attention_forward_cpu");
   const Real sc = static_cast<Real>(scale);
   const int64_t C = static_cast<int64_t>(H) * D;
-  std::vector<Real> s(static_cast<size_t>(T));  // one row of scores
+  std::vector<Real> s(static_cast<size_t>(T));  // one row of scores (visible entries only)
   for (int b = 0; b < B; ++b) {
     for (int h = 0; h < H; ++h) {
       for (int i = 0; i < T; ++i) {
+        const int32_t seg_i = segment_of(mask, b, i, T);
+        auto sees = [&](int j) { return attention_visible(i, j, seg_i, segment_of(mask, b, j, T), mask.causal); };
         const Real* qi = q + (static_cast<int64_t>(b) * T + i) * stride + static_cast<int64_t>(h) * D;  // (D)
-        const int n = visible_keys(i, T, causal);
         Real m = -std::numeric_limits<Real>::infinity();
-        for (int j = 0; j < n; ++j) {
+        for (int j = 0; j < T; ++j) {
+          if (!sees(j)) continue;
           const Real* kj = k + (static_cast<int64_t>(b) * T + j) * stride + static_cast<int64_t>(h) * D;
           s[j] = sc * dot(qi, kj, D);
           m = std::max(m, s[j]);
         }
-        // Softmax with the max subtracted (n >= 1, so m is finite for finite inputs).
+        // Softmax with the max subtracted (a query sees at least itself, so m
+        // is finite for finite inputs).
         Real l = 0;
-        for (int j = 0; j < n; ++j) {
+        for (int j = 0; j < T; ++j) {
+          if (!sees(j)) continue;
           s[j] = std::exp(s[j] - m);
           l += s[j];
         }
         Real* oi = out + (static_cast<int64_t>(b) * T + i) * C + static_cast<int64_t>(h) * D;  // (D)
         for (int d = 0; d < D; ++d) oi[d] = 0;
-        for (int j = 0; j < n; ++j) {
+        for (int j = 0; j < T; ++j) {
+          if (!sees(j)) continue;
           const Real* vj = v + (static_cast<int64_t>(b) * T + j) * stride + static_cast<int64_t>(h) * D;
           const Real p = s[j] / l;
           for (int d = 0; d < D; ++d) oi[d] += p * vj[d];
@@ -80,8 +92,9 @@ void attention_forward_cpu(Real* out, Real* lse, const Real* q, const Real* k, c
 template <typename Real>
 void attention_backward_cpu(Real* dq, Real* dk, Real* dv, const Real* dout, const Real* q, const Real* k,
                             const Real* v, const Real* out, const Real* lse, int B, int T, int H, int D,
-                            int64_t stride, float scale, bool causal) {
+                            int64_t stride, float scale, const AttentionMask& mask) {
   check_args("attention_backward_cpu", B, T, H, D, stride);
+  check_attention_segments(mask.segment_ids, B, T, "attention_backward_cpu");
   const Real sc = static_cast<Real>(scale);
   const int64_t C = static_cast<int64_t>(H) * D;
   // Offsets of row (b, t, h): q/k/v/dq/dk/dv (strided) and out/dout (contiguous).
@@ -109,8 +122,9 @@ void attention_backward_cpu(Real* dq, Real* dk, Real* dv, const Real* dout, cons
         const Real delta = dot(doi, oi, D);  // delta_i = dO_i · O_i = Σ_j P_ij dP_ij
         const Real lse_i = lse[(static_cast<int64_t>(b) * H + h) * T + i];
         Real* dqi = dq + row(b, i, h);
-        const int n = visible_keys(i, T, causal);
-        for (int j = 0; j < n; ++j) {
+        const int32_t seg_i = segment_of(mask, b, i, T);
+        for (int j = 0; j < T; ++j) {
+          if (!attention_visible(i, j, seg_i, segment_of(mask, b, j, T), mask.causal)) continue;
           const Real* kj = k + row(b, j, h);
           const Real* vj = v + row(b, j, h);
           const Real s = dot(qi, kj, D);
@@ -131,14 +145,14 @@ void attention_backward_cpu(Real* dq, Real* dk, Real* dv, const Real* dout, cons
 }
 
 template void attention_forward_cpu<float>(float*, float*, const float*, const float*, const float*, int, int, int,
-                                           int, int64_t, float, bool);
+                                           int, int64_t, float, const AttentionMask&);
 template void attention_forward_cpu<double>(double*, double*, const double*, const double*, const double*, int, int,
-                                            int, int, int64_t, float, bool);
+                                            int, int, int64_t, float, const AttentionMask&);
 template void attention_backward_cpu<float>(float*, float*, float*, const float*, const float*, const float*,
                                             const float*, const float*, const float*, int, int, int, int, int64_t,
-                                            float, bool);
+                                            float, const AttentionMask&);
 template void attention_backward_cpu<double>(double*, double*, double*, const double*, const double*, const double*,
                                              const double*, const double*, const double*, int, int, int, int,
-                                             int64_t, float, bool);
+                                             int64_t, float, const AttentionMask&);
 
 }  // namespace kiln

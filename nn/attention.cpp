@@ -11,10 +11,11 @@
 namespace kiln::nn {
 
 CausalSelfAttention::CausalSelfAttention(int64_t C, int64_t n_head, bool bias, float dropout,
-                                         std::shared_ptr<RngStream> rng, uint64_t seed)
+                                         std::shared_ptr<RngStream> rng, uint64_t seed, bool causal)
     : C_(C),
       H_(n_head),
       D_(n_head > 0 ? C / n_head : 0),
+      causal_(causal),
       c_attn_(C, 3 * C, bias, seed, 0),
       c_proj_(C, C, bias, seed, static_cast<uint64_t>(3 * C * C + 3 * C)),
       drop_(dropout, std::move(rng)) {
@@ -26,11 +27,32 @@ CausalSelfAttention::CausalSelfAttention(int64_t C, int64_t n_head, bool bias, f
 
 std::string CausalSelfAttention::describe() const {
   std::ostringstream os;
-  os << "CausalSelfAttention(width " << C_ << ", " << H_ << " heads of " << D_ << ")";
+  os << "CausalSelfAttention(width " << C_ << ", " << H_ << " heads of " << D_ << (causal_ ? "" : ", bidirectional")
+     << ")";
   return os.str();
 }
 
+void CausalSelfAttention::set_segment_ids(const Tensor& segment_ids) {
+  KILN_CHECK(!segment_ids.defined() || (segment_ids.dtype() == DType::i32 && segment_ids.ndim() == 2),
+             describe() << ": segment ids '" << segment_ids.name() << "' must be int32 (B, T), got "
+                        << dtype_name(segment_ids.dtype()) << " " << segment_ids.shape().str());
+  segments_ = segment_ids;
+}
+
+AttentionMask CausalSelfAttention::mask_for(const Tensor& segments, int64_t B, int64_t T) const {
+  if (!segments.defined()) return AttentionMask{causal_, nullptr};
+  KILN_CHECK(segments.size(0) == B && segments.size(1) == T,
+             describe() << ": segment ids '" << segments.name() << "' have shape " << segments.shape().str()
+                        << " but the input is (" << B << ", " << T << ", " << C_ << ")");
+  KILN_CHECK(segments.device() == device(), describe() << ": segment ids '" << segments.name() << "' are on "
+                                                       << segments.device().str() << ", the module on "
+                                                       << device().str());
+  return AttentionMask{causal_, segments.data<int32_t>()};
+}
+
 Tensor CausalSelfAttention::attend(const Tensor& qkv, int64_t B, int64_t T) {
+  seg_saved_ = segments_;
+  const AttentionMask mask = mask_for(seg_saved_, B, T);
   const DType stat = qkv.dtype() == DType::f64 ? DType::f64 : DType::f32;
   Tensor out = Tensor::empty({B, T, C_}, qkv.dtype(), qkv.device(), "attn.out");  // (B, T, C)
   lse_ = Tensor::empty({B, H_, T}, stat, qkv.device(), "attn.lse");                // (B, H, T)
@@ -44,13 +66,13 @@ Tensor CausalSelfAttention::attend(const Tensor& qkv, int64_t B, int64_t T) {
         using F = decltype(tag);
         const F* q = qkv.data<F>();
         attention_forward_cpu<F>(out.data<F>(), lse_.data<F>(), q, q + C, q + 2 * C, b, t, h, d, stride, scale,
-                                 /*causal=*/true);
+                                 mask);
       },
       [&](auto tag, cudaStream_t s) {
         using F = decltype(tag);
         const F* q = qkv.data<F>();
-        attention_forward(out.data<F>(), lse_.data<float>(), q, q + C, q + 2 * C, b, t, h, d, stride, scale,
-                          /*causal=*/true, s);
+        attention_forward(out.data<F>(), lse_.data<float>(), q, q + C, q + 2 * C, b, t, h, d, stride, scale, mask,
+                          s);
       });
   return out;
 }
@@ -68,6 +90,7 @@ Tensor CausalSelfAttention::forward(const Tensor& x) {
 Tensor CausalSelfAttention::backward(const Tensor& dy) {
   KILN_CHECK(qkv_.defined(), describe() << ": backward before forward");
   const int64_t B = qkv_.size(0), T = qkv_.size(1);
+  const AttentionMask mask = mask_for(seg_saved_, B, T);
   Tensor dout = c_proj_.backward(drop_.backward(dy));  // (B, T, C)
   Tensor dqkv = Tensor::empty(qkv_.shape(), qkv_.dtype(), qkv_.device(), "attn.dqkv");  // (B, T, 3C)
   const float scale = 1.0f / std::sqrt(static_cast<float>(D_));
@@ -81,7 +104,7 @@ Tensor CausalSelfAttention::backward(const Tensor& dy) {
         const F* q = qkv_.data<F>();
         F* dq = dqkv.data<F>();
         attention_backward_cpu<F>(dq, dq + C, dq + 2 * C, dout.data<F>(), q, q + C, q + 2 * C, out_.data<F>(),
-                                  lse_.data<F>(), b, t, h, d, stride, scale, /*causal=*/true);
+                                  lse_.data<F>(), b, t, h, d, stride, scale, mask);
       },
       [&](auto tag, cudaStream_t s) {
         using F = decltype(tag);
@@ -90,7 +113,7 @@ Tensor CausalSelfAttention::backward(const Tensor& dy) {
         Tensor ws = Tensor::empty({static_cast<int64_t>(attention_backward_workspace_floats(b, t, h))}, DType::f32,
                                   dout.device(), "attn.workspace");
         attention_backward(dq, dq + C, dq + 2 * C, ws.data<float>(), dout.data<F>(), q, q + C, q + 2 * C,
-                           out_.data<F>(), lse_.data<float>(), b, t, h, d, stride, scale, /*causal=*/true, s);
+                           out_.data<F>(), lse_.data<float>(), b, t, h, d, stride, scale, mask, s);
       });
   return c_attn_.backward(dqkv);
 }
@@ -99,6 +122,7 @@ Tensor CausalSelfAttention::backward(const Tensor& dy) {
 
 void CausalSelfAttention::begin_cache(int64_t max_len) {
   KILN_CHECK(max_len > 0, describe() << ": cache of " << max_len << " positions");
+  KILN_CHECK(causal_, describe() << ": a KV cache needs causal attention");
   const DType dt = compute_dtype();  // the activations' dtype (f32, bf16; f64 in the CPU checks)
   cache_ = Tensor::empty({max_len, 3 * C_}, dt, device(), "attn.kv_cache");  // (T_max, 3C)
 }
@@ -107,6 +131,7 @@ void CausalSelfAttention::end_cache() { cache_ = Tensor(); }
 
 Tensor CausalSelfAttention::forward_cached(const Tensor& x, int64_t pos0) {
   KILN_CHECK(cache_.defined(), describe() << ": forward_cached without begin_cache");
+  KILN_CHECK(!segments_.defined(), describe() << ": forward_cached decodes one sequence; clear the segment ids first");
   KILN_CHECK(x.ndim() == 3 && x.size(0) == 1 && x.size(2) == C_,
              describe() << ": cached input must be (1, T, " << C_ << "), got " << x.shape().str());
   const int64_t T = x.size(1);

@@ -77,12 +77,12 @@ void bench_cpu(Context& ctx) {
     const double flops = attention_forward_flops(B, T, H, D, causal);
     const double fwd = ctx.time_cpu([&] {
       attention_forward_cpu<float>(out.data(), lse.data(), q.data(), k.data(), v.data(), B, T, H, D, H * D, scale,
-                                   causal);
+                                   AttentionMask{causal, nullptr});
     });
     ctx.report(result("attention_forward", "cpu", shape, fwd, attention_forward_bytes(B, T, H, D, 4), flops));
     const double bwd = ctx.time_cpu([&] {
       attention_backward_cpu<float>(dq.data(), dk.data(), dv.data(), dout.data(), q.data(), k.data(), v.data(),
-                                    out.data(), lse.data(), B, T, H, D, H * D, scale, causal);
+                                    out.data(), lse.data(), B, T, H, D, H * D, scale, AttentionMask{causal, nullptr});
     });
     ctx.report(
         result("attention_backward", "cpu", shape, bwd, attention_backward_bytes(B, T, H, D, 4), 2.5 * flops));
@@ -127,7 +127,7 @@ void bench_cuda(Context& ctx) {
         const std::string shape = attention_shape(B, T, H, D, causal, "bf16");
         const double flops = attention_forward_flops(B, T, H, D, causal);
         auto forward = [&](cudaStream_t s) {
-          attention_forward(out.get(), lse.get(), q.get(), k.get(), v.get(), B, T, H, D, H * D, scale, causal, s);
+          attention_forward(out.get(), lse.get(), q.get(), k.get(), v.get(), B, T, H, D, H * D, scale, AttentionMask{causal, nullptr}, s);
         };
         const double fwd = ctx.time_cuda(forward);
         ctx.report(
@@ -135,7 +135,7 @@ void bench_cuda(Context& ctx) {
         // Backward consumes this shape's out and lse (the last timed forward wrote them).
         const double bwd = ctx.time_cuda([&](cudaStream_t s) {
           attention_backward(dq.get(), dk.get(), dv.get(), ws.get(), dout.get(), q.get(), k.get(), v.get(),
-                             out.get(), lse.get(), B, T, H, D, H * D, scale, causal, s);
+                             out.get(), lse.get(), B, T, H, D, H * D, scale, AttentionMask{causal, nullptr}, s);
         });
         ctx.report(result("attention_backward", "cuda", shape, bwd, attention_backward_bytes(B, T, H, D, 2),
                           2.5 * flops));

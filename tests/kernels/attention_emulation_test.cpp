@@ -75,10 +75,10 @@ EmuRun<F> run_emulated(const Shape& s, float scale, const Inputs& in, bool fused
     std::vector<F> dqkv = poisoned<F>(qkv.size());
     const F* q = qkv.data();
     F* dq = dqkv.data();
-    attention_forward(r.out.data(), r.lse.data(), q, q + C, q + 2 * C, s.B, s.T, s.H, s.D, stride, scale, s.causal,
+    attention_forward(r.out.data(), r.lse.data(), q, q + C, q + 2 * C, s.B, s.T, s.H, s.D, stride, scale, mask_of(s),
                       nullptr);
     attention_backward(dq, dq + C, dq + 2 * C, ws.data(), dout.data(), q, q + C, q + 2 * C, r.out.data(),
-                       r.lse.data(), s.B, s.T, s.H, s.D, stride, scale, s.causal, nullptr);
+                       r.lse.data(), s.B, s.T, s.H, s.D, stride, scale, mask_of(s), nullptr);
     r.dq = unfuse(s, dqkv, 0);
     r.dk = unfuse(s, dqkv, 1);
     r.dv = unfuse(s, dqkv, 2);
@@ -88,9 +88,9 @@ EmuRun<F> run_emulated(const Shape& s, float scale, const Inputs& in, bool fused
     r.dk = poisoned<F>(bhd_size(s));
     r.dv = poisoned<F>(bhd_size(s));
     attention_forward(r.out.data(), r.lse.data(), q.data(), k.data(), v.data(), s.B, s.T, s.H, s.D, stride, scale,
-                      s.causal, nullptr);
+                      mask_of(s), nullptr);
     attention_backward(r.dq.data(), r.dk.data(), r.dv.data(), ws.data(), dout.data(), q.data(), k.data(), v.data(),
-                       r.out.data(), r.lse.data(), s.B, s.T, s.H, s.D, stride, scale, s.causal, nullptr);
+                       r.out.data(), r.lse.data(), s.B, s.T, s.H, s.D, stride, scale, mask_of(s), nullptr);
   }
   return r;
 }

@@ -1,5 +1,7 @@
-// Fused attention: CPU reference against an independent full-matrix
-// formulation and finite differences; CUDA kernels (bf16 and fp32) against the
+// Fused attention: the mask rule and its range/tile helpers against brute
+// force; the CPU reference against an independent full-matrix formulation
+// and finite differences, with causal, bidirectional and packed (segment-id)
+// masks, and packed == each example run alone, bit for bit; CUDA kernels (bf16 and fp32) against the
 // fp64 CPU reference over the shape grid, with FlashAttention's
 // criterion for bf16 (error at most ~2x that of a plain bf16 implementation
 // of the same math, computed here on the CPU); determinism; the fused-QKV
@@ -7,6 +9,8 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <memory>
+#include <random>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -26,9 +30,116 @@ using test::Tolerance;
 using namespace attention_testing;  // NOLINT(build/namespaces): this test's own helpers
 
 std::vector<Shape> cpu_shapes() {
-  return {{1, 1, 1, 4, false}, {1, 1, 1, 4, true},   {2, 5, 3, 8, false},  {2, 5, 3, 8, true},
-          {1, 17, 2, 16, true}, {3, 9, 1, 1, false}, {1, 33, 2, 32, false}, {2, 31, 2, 5, true}};
+  std::vector<Shape> v = {{1, 1, 1, 4, false},   {1, 1, 1, 4, true},    {2, 5, 3, 8, false},
+                          {2, 5, 3, 8, true},    {1, 17, 2, 16, true},  {3, 9, 1, 1, false},
+                          {1, 33, 2, 32, false}, {2, 31, 2, 5, true}};
+  for (bool causal : {false, true}) {
+    v.push_back(packed_shape(20, 2, 8, causal, {{1, 19}, {7, 6, 7}}, "tiny"));
+    v.push_back(packed_shape(33, 1, 5, causal, {{1, 1, 1, 30}, {33}, {10, 10}}, "ones_pad"));
+  }
+  return v;
 }
+
+
+// ===========================================================================
+// The mask rule and the helpers the CUDA kernels skip tiles with
+// ===========================================================================
+
+TEST(AttentionMask, VisibleRule) {
+  EXPECT_TRUE(attention_visible(3, 3, 5, 5, true));    // itself
+  EXPECT_TRUE(attention_visible(3, 1, 5, 5, true));    // earlier, same segment
+  EXPECT_FALSE(attention_visible(3, 4, 5, 5, true));   // later, causal
+  EXPECT_TRUE(attention_visible(3, 4, 5, 5, false));   // later, bidirectional
+  EXPECT_FALSE(attention_visible(3, 1, 5, 4, true));   // other segment
+  EXPECT_FALSE(attention_visible(3, 4, 5, 6, false));  // other segment, bidirectional
+  EXPECT_TRUE(causal_mask().causal);
+  EXPECT_FALSE(bidirectional_mask().causal);
+  EXPECT_EQ(causal_mask().segment_ids, nullptr);
+}
+
+// Random non-decreasing id rows (runs of length 1 included) and no ids at all:
+// for every query run [first, last] the key range is exactly the set of keys
+// some query of the run sees (and the transpose for key runs), and the block
+// test says "all visible" exactly when every pair of the block is.
+TEST(AttentionMask, RangesAndBlocksAreExactForNonDecreasingIds) {
+  std::mt19937 rng(12345);
+  int checked = 0;
+  for (int trial = 0; trial < 60; ++trial) {
+    const int T = 1 + trial % 13;
+    std::vector<int32_t> seg(static_cast<size_t>(T));
+    int32_t id = static_cast<int32_t>(rng() % 5) - 2;
+    for (int t = 0; t < T; ++t) {
+      if (t > 0 && rng() % 3 == 0) id += 1 + static_cast<int32_t>(rng() % 2);
+      seg[t] = id;
+    }
+    for (bool use_seg : {true, false}) {
+      const int32_t* sp = use_seg ? seg.data() : nullptr;
+      auto sid = [&](int t) { return use_seg ? seg[t] : 0; };
+      for (bool causal : {false, true}) {
+        auto vis = [&](int i, int j) { return attention_visible(i, j, sid(i), sid(j), causal); };
+        for (int first = 0; first < T; ++first)
+          for (int last = first; last < T; ++last) {
+            const IndexRange keys = attention_keys_for_queries(sp, T, causal, first, last);
+            const IndexRange queries = attention_queries_for_keys(sp, T, causal, first, last);
+            for (int x = 0; x < T; ++x) {
+              bool key_seen = false, query_sees = false;
+              for (int y = first; y <= last; ++y) {
+                key_seen = key_seen || vis(y, x);      // key x seen by a query of the run
+                query_sees = query_sees || vis(x, y);  // query x sees a key of the run
+              }
+              EXPECT_EQ(key_seen, x >= keys.begin && x < keys.end)
+                  << "T " << T << " causal " << causal << " queries " << first << ".." << last << " key " << x;
+              EXPECT_EQ(query_sees, x >= queries.begin && x < queries.end)
+                  << "T " << T << " causal " << causal << " keys " << first << ".." << last << " query " << x;
+              ++checked;
+            }
+          }
+        if (T > 9) continue;  // blocks: O(T^6) below
+        for (int q0 = 0; q0 < T; ++q0)
+          for (int q1 = q0; q1 < T; ++q1)
+            for (int k0 = 0; k0 < T; ++k0)
+              for (int k1 = k0; k1 < T; ++k1) {
+                bool all = true;
+                for (int i = q0; i <= q1; ++i)
+                  for (int j = k0; j <= k1; ++j) all = all && vis(i, j);
+                EXPECT_EQ(all, attention_block_all_visible(q0, k1, sid(q0), sid(q1), sid(k0), sid(k1), causal))
+                    << "T " << T << " causal " << causal << " block " << q0 << ".." << q1 << " x " << k0 << ".."
+                    << k1;
+              }
+      }
+    }
+  }
+  EXPECT_GT(checked, 10000);
+}
+
+TEST(AttentionMask, DecreasingIdsAreRejected) {
+  const std::vector<int32_t> ok = {-3, -3, 0, 0, 4, 4, 4, 9}, bad = {0, 0, 1, 1, 2, 2, 1, 3};  // (2, 4)
+  EXPECT_NO_THROW(check_attention_segments(ok.data(), 2, 4, "test"));
+  EXPECT_NO_THROW(check_attention_segments(nullptr, 2, 4, "test"));
+  try {
+    check_attention_segments(bad.data(), 2, 4, "test");
+    ADD_FAILURE() << "decreasing ids accepted";
+  } catch (const InputError& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find("batch row 1"), std::string::npos) << m;
+    EXPECT_NE(m.find("position 2"), std::string::npos) << m;
+  }
+  // The CPU references check before computing anything.
+  const Shape s{2, 4, 1, 4, true};
+  const Inputs in = make_inputs(s, 5);
+  std::vector<float> out(bhd_size(s)), lse(lse_size(s)), g(bhd_size(s));
+  const AttentionMask m = causal_mask(bad.data());
+  EXPECT_THROW(attention_forward_cpu<float>(out.data(), lse.data(), in.q.data(), in.k.data(), in.v.data(), 2, 4, 1,
+                                            4, 4, 0.5f, m),
+               InputError);
+  EXPECT_THROW(attention_backward_cpu<float>(g.data(), g.data(), g.data(), in.dout.data(), in.q.data(), in.k.data(),
+                                             in.v.data(), out.data(), lse.data(), 2, 4, 1, 4, 4, 0.5f, m),
+               InputError);
+}
+
+// ===========================================================================
+// CPU reference
+// ===========================================================================
 
 TEST(AttentionCpu, ForwardBackwardMatchNaiveFormulation) {
   for (const Shape& s : cpu_shapes()) {
@@ -47,9 +158,9 @@ TEST(AttentionCpu, ForwardBackwardMatchNaiveFormulation) {
     // The float instantiation, against the same fp64 numbers.
     std::vector<float> out(bhd_size(s)), lse(lse_size(s)), dq(bhd_size(s)), dk(bhd_size(s)), dv(bhd_size(s));
     attention_forward_cpu<float>(out.data(), lse.data(), in.q.data(), in.k.data(), in.v.data(), s.B, s.T, s.H, s.D,
-                                 C_of(s), scale, s.causal);
+                                 C_of(s), scale, mask_of(s));
     attention_backward_cpu<float>(dq.data(), dk.data(), dv.data(), in.dout.data(), in.q.data(), in.k.data(),
-                                  in.v.data(), out.data(), lse.data(), s.B, s.T, s.H, s.D, C_of(s), scale, s.causal);
+                                  in.v.data(), out.data(), lse.data(), s.B, s.T, s.H, s.D, C_of(s), scale, mask_of(s));
     const Tolerance f32{1e-4, 1e-5};
     EXPECT_TRUE(all_close(out, convert<double, float>(want.out), f32, "out f32 " + name_of(s)));
     EXPECT_TRUE(all_close(lse, convert<double, float>(want.lse), f32, "lse f32 " + name_of(s)));
@@ -67,7 +178,7 @@ TEST(AttentionCpu, FirstCausalRowCopiesFirstValue) {
     const Inputs in = make_inputs(s, 7);
     std::vector<float> out(bhd_size(s)), lse(lse_size(s));
     attention_forward_cpu<float>(out.data(), lse.data(), in.q.data(), in.k.data(), in.v.data(), s.B, s.T, s.H, s.D,
-                                 C_of(s), scale, s.causal);
+                                 C_of(s), scale, mask_of(s));
     for (int b = 0; b < s.B; ++b)
       for (int h = 0; h < s.H; ++h) {
         const size_t row0 = static_cast<size_t>(b) * s.T * C_of(s) + static_cast<size_t>(h) * s.D;
@@ -84,7 +195,9 @@ TEST(AttentionCpu, FirstCausalRowCopiesFirstValue) {
 // Finite differences of L = Σ O ⊙ W through the fp64 reference, with q, k, v
 // packed in one fused (B, T, 3·C) buffer, so the stride layout is differentiated too.
 TEST(AttentionCpu, BackwardMatchesFiniteDifferences) {
-  for (const Shape& s : {Shape{2, 5, 2, 3, false}, Shape{2, 5, 2, 3, true}, Shape{1, 7, 1, 4, true}}) {
+  std::vector<Shape> shapes = {Shape{2, 5, 2, 3, false}, Shape{2, 5, 2, 3, true}, Shape{1, 7, 1, 4, true}};
+  for (bool causal : {false, true}) shapes.push_back(packed_shape(7, 2, 3, causal, {{3, 1, 3}, {2, 4}}, "fd"));
+  for (const Shape& s : shapes) {
     const float scale = default_scale(s);
     const int64_t C = C_of(s), stride = 3 * C;
     const std::vector<double> x = test::random_uniform_f64(rows_of(s) * stride, 11 + s.T, -1.5, 1.5);
@@ -92,7 +205,7 @@ TEST(AttentionCpu, BackwardMatchesFiniteDifferences) {
     std::vector<double> out(bhd_size(s)), lse(lse_size(s));
     auto loss = [&](const std::vector<double>& xx) {
       attention_forward_cpu<double>(out.data(), lse.data(), xx.data(), xx.data() + C, xx.data() + 2 * C, s.B, s.T,
-                                    s.H, s.D, stride, scale, s.causal);
+                                    s.H, s.D, stride, scale, mask_of(s));
       double l = 0;
       for (size_t i = 0; i < out.size(); ++i) l += out[i] * w[i];
       return l;
@@ -101,37 +214,92 @@ TEST(AttentionCpu, BackwardMatchesFiniteDifferences) {
     std::vector<double> grad(x.size(), std::numeric_limits<double>::quiet_NaN());  // every entry must be written
     attention_backward_cpu<double>(grad.data(), grad.data() + C, grad.data() + 2 * C, w.data(), x.data(),
                                    x.data() + C, x.data() + 2 * C, out.data(), lse.data(), s.B, s.T, s.H, s.D, stride,
-                                   scale, s.causal);
+                                   scale, mask_of(s));
     EXPECT_TRUE(test::check_gradient(loss, x, grad, "attention qkv " + name_of(s)));
   }
 }
 
 // The fused (B, T, 3·C) layout gives bit-identical results to separate
-// tensors, and backward writes every element of a fused dQKV buffer.
+// tensors, and backward writes every element of a fused dQKV buffer (here
+// with packed rows: a segment of one example has no gradient path to another).
 TEST(AttentionCpu, FusedQkvLayoutMatchesSeparate) {
-  const Shape s{2, 13, 3, 8, true};
+  const Shape s = packed_shape(13, 3, 8, true, {{5, 1, 7}, {13}}, "fused");
   const float scale = default_scale(s);
   const int64_t C = C_of(s);
   const Inputs in = make_inputs(s, 21);
   std::vector<float> out(bhd_size(s)), lse(lse_size(s)), dq(bhd_size(s)), dk(bhd_size(s)), dv(bhd_size(s));
   attention_forward_cpu<float>(out.data(), lse.data(), in.q.data(), in.k.data(), in.v.data(), s.B, s.T, s.H, s.D, C,
-                               scale, s.causal);
+                               scale, mask_of(s));
   attention_backward_cpu<float>(dq.data(), dk.data(), dv.data(), in.dout.data(), in.q.data(), in.k.data(),
-                                in.v.data(), out.data(), lse.data(), s.B, s.T, s.H, s.D, C, scale, s.causal);
+                                in.v.data(), out.data(), lse.data(), s.B, s.T, s.H, s.D, C, scale, mask_of(s));
 
   const std::vector<float> qkv = fuse_qkv(s, in.q, in.k, in.v);
   std::vector<float> out2(bhd_size(s)), lse2(lse_size(s));
   std::vector<float> dqkv(qkv.size(), std::numeric_limits<float>::quiet_NaN());
   attention_forward_cpu<float>(out2.data(), lse2.data(), qkv.data(), qkv.data() + C, qkv.data() + 2 * C, s.B, s.T,
-                               s.H, s.D, 3 * C, scale, s.causal);
+                               s.H, s.D, 3 * C, scale, mask_of(s));
   attention_backward_cpu<float>(dqkv.data(), dqkv.data() + C, dqkv.data() + 2 * C, in.dout.data(), qkv.data(),
                                 qkv.data() + C, qkv.data() + 2 * C, out2.data(), lse2.data(), s.B, s.T, s.H, s.D,
-                                3 * C, scale, s.causal);
+                                3 * C, scale, mask_of(s));
   EXPECT_TRUE(bitwise_equal(out2, out, "out"));
   EXPECT_TRUE(bitwise_equal(lse2, lse, "lse"));
   EXPECT_TRUE(bitwise_equal(unfuse(s, dqkv, 0), dq, "dq"));
   EXPECT_TRUE(bitwise_equal(unfuse(s, dqkv, 1), dk, "dk"));
   EXPECT_TRUE(bitwise_equal(unfuse(s, dqkv, 2), dv, "dv"));
+}
+
+// Packed rows (segment ids) give exactly the numbers of each example run
+// alone as its own batch of one: forward, LSE and all three gradients, fp64
+// and fp32, causal and bidirectional. The reference visits visible pairs in
+// the same order either way, so the match is bit for bit.
+template <typename Real>
+Naive cpu_run(const Shape& s, float scale, const Inputs& in) {
+  const std::vector<Real> q = convert<float, Real>(in.q), k = convert<float, Real>(in.k),
+                          v = convert<float, Real>(in.v), dout = convert<float, Real>(in.dout);
+  std::vector<Real> out(bhd_size(s)), lse(lse_size(s)), dq(bhd_size(s)), dk(bhd_size(s)), dv(bhd_size(s));
+  attention_forward_cpu<Real>(out.data(), lse.data(), q.data(), k.data(), v.data(), s.B, s.T, s.H, s.D, C_of(s),
+                              scale, mask_of(s));
+  attention_backward_cpu<Real>(dq.data(), dk.data(), dv.data(), dout.data(), q.data(), k.data(), v.data(), out.data(),
+                               lse.data(), s.B, s.T, s.H, s.D, C_of(s), scale, mask_of(s));
+  return Naive{convert<Real, double>(out), convert<Real, double>(lse), convert<Real, double>(dq),
+               convert<Real, double>(dk), convert<Real, double>(dv)};
+}
+
+template <typename Real>
+void expect_packed_equals_separate(const Shape& s) {
+  const float scale = default_scale(s);
+  const Inputs in = make_inputs(s, 400 + s.T + s.D);
+  const Naive packed = cpu_run<Real>(s, scale, in);
+  const Naive alone = run_separately<Naive>(
+      s, in, [&](const Shape& one, const Inputs& part) { return cpu_run<Real>(one, scale, part); });
+  const std::string n = name_of(s) + (sizeof(Real) == 8 ? " f64" : " f32");
+  const Tolerance exact{0.0, 0.0};
+  EXPECT_TRUE(all_close(packed.out, alone.out, exact, "out " + n));
+  EXPECT_TRUE(all_close(packed.lse, alone.lse, exact, "lse " + n));
+  EXPECT_TRUE(all_close(packed.dq, alone.dq, exact, "dq " + n));
+  EXPECT_TRUE(all_close(packed.dk, alone.dk, exact, "dk " + n));
+  EXPECT_TRUE(all_close(packed.dv, alone.dv, exact, "dv " + n));
+}
+
+TEST(AttentionCpu, PackedEqualsEachExampleAlone) {
+  for (const Packing& p : shared_packings())
+    for (bool causal : {false, true})
+      for (int D : {16, 5}) {
+        const Shape s = packed_shape(p.T, 2, D, causal, p.rows, p.name);
+        expect_packed_equals_separate<double>(s);
+        expect_packed_equals_separate<float>(s);
+      }
+}
+
+// The same packed inputs without their ids give other outputs: the segments
+// are what separates the examples (and these inputs would show a leak).
+TEST(AttentionCpu, SegmentIdsMatter) {
+  Shape s = packed_shape(20, 1, 8, false, {{7, 6, 7}}, "mix");
+  const Inputs in = make_inputs(s, 77);
+  const Naive with = cpu_run<double>(s, 0.5f, in);
+  s.seg.clear();
+  const Naive without = cpu_run<double>(s, 0.5f, in);
+  EXPECT_GT(max_err(convert<double, float>(with.out), without.out), 1e-3);
 }
 
 // The plain-bf16 baseline that sets the GPU error budget must itself be a
@@ -155,10 +323,10 @@ TEST(AttentionCpu, PlainBf16BaselineIsMeaningful) {
 TEST(AttentionCpu, RejectsBadShapes) {
   std::vector<float> buf(64);
   EXPECT_THROW(attention_forward_cpu<float>(buf.data(), buf.data(), buf.data(), buf.data(), buf.data(), 1, 2, 2, 4,
-                                            /*stride=*/7, 1.0f, false),
+                                            /*stride=*/7, 1.0f, bidirectional_mask()),
                Error);
   EXPECT_THROW(attention_forward_cpu<float>(buf.data(), buf.data(), buf.data(), buf.data(), buf.data(), 1, 2, 1, 0,
-                                            0, 1.0f, false),
+                                            0, 1.0f, bidirectional_mask()),
                Error);
 }
 
@@ -175,33 +343,34 @@ TEST(AttentionArgs, RejectsUnsupportedHeadDimAndMisalignedStride) {
   bf16* p = nullptr;
   float* f = nullptr;
   try {
-    attention_forward(p, f, p, p, p, 1, 8, 1, 48, 48, 1.0f, false, nullptr);
+    attention_forward(p, f, p, p, p, 1, 8, 1, 48, 48, 1.0f, bidirectional_mask(), nullptr);
     ADD_FAILURE() << "head dim 48 accepted";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("head dim 48"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("16, 32, 64 or 128"), std::string::npos) << e.what();
   }
   try {
-    attention_backward(f, f, f, f, f, f, f, f, f, f, 1, 8, 1, 96, 96, 1.0f, true, nullptr);
+    attention_backward(f, f, f, f, f, f, f, f, f, f, 1, 8, 1, 96, 96, 1.0f, causal_mask(), nullptr);
     ADD_FAILURE() << "head dim 96 accepted";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("head dim 96"), std::string::npos) << e.what();
   }
   try {
-    attention_forward(p, f, p, p, p, 1, 8, 2, 64, /*stride=*/129, 1.0f, false, nullptr);
+    attention_forward(p, f, p, p, p, 1, 8, 2, 64, /*stride=*/129, 1.0f, bidirectional_mask(), nullptr);
     ADD_FAILURE() << "bf16 stride 129 accepted";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("multiple of 8"), std::string::npos) << e.what();
   }
 }
 
-// The grid: T ∈ {1, 17, 64, 127, 128, 129, 1000} × D ∈ {32, 64, 128}
-// × causal and not, with (B, H) varying across cases.
+// The grid: T ∈ {1, 17, 64, 127, 128, 129, 1000} × D ∈ {16, 32, 64,
+// 128} × causal and not, with (B, H) varying across cases.
 std::vector<Shape> gpu_shapes() {
   const int Bs[] = {1, 2, 3, 2}, Hs[] = {1, 3, 2, 1};
   std::vector<Shape> v;
   int n = 0;
   for (int T : {1, 17, 64, 127, 128, 129, 1000})
-    for (int D : {32, 64, 128})
+    for (int D : {16, 32, 64, 128})
       for (bool causal : {false, true}) {
         const int B = T >= 1000 ? 1 : Bs[n % 4], H = T >= 1000 ? 2 : Hs[n % 4];
         v.push_back({B, T, H, D, causal});
@@ -209,14 +378,6 @@ std::vector<Shape> gpu_shapes() {
       }
   return v;
 }
-
-// One forward + backward on the GPU through the launchers. `stride` 3·C
-// runs the fused layout: q/k/v and dq/dk/dv are parts of one buffer each.
-template <typename F>
-struct GpuRun {
-  std::vector<F> out, dq, dk, dv;
-  std::vector<float> lse;
-};
 
 template <typename F>
 std::vector<F> to_storage(const std::vector<float>& v);
@@ -231,11 +392,17 @@ std::vector<bf16> to_storage<bf16>(const std::vector<float>& v) {
 std::vector<float> to_f32(const std::vector<float>& v) { return v; }
 std::vector<float> to_f32(const std::vector<bf16>& v) { return test::from_bf16(v); }
 
+// One forward + backward on the GPU through the launchers, results as
+// floats. `fused` runs the (B, T, 3·C) layout: q/k/v and dq/dk/dv are parts
+// of one buffer each. Segment ids, if the shape has them, are uploaded.
 template <typename F>
-GpuRun<F> run_gpu(const Shape& s, float scale, const Inputs& in, bool fused) {
+Result run_gpu(const Shape& s, float scale, const Inputs& in, bool fused) {
   const int64_t C = C_of(s);
   const int64_t stride = fused ? 3 * C : C;
-  GpuRun<F> r;
+  Result r;
+  std::unique_ptr<DeviceBuffer<int32_t>> seg;
+  if (!s.seg.empty()) seg = std::make_unique<DeviceBuffer<int32_t>>(s.seg);
+  const AttentionMask mask{s.causal, seg ? seg->get() : nullptr};
   DeviceBuffer<F> dout(to_storage<F>(in.dout)), out(bhd_size(s));
   DeviceBuffer<float> lse(lse_size(s)), ws(attention_backward_workspace_floats(s.B, s.T, s.H));
   out.poison();
@@ -245,12 +412,11 @@ GpuRun<F> run_gpu(const Shape& s, float scale, const Inputs& in, bool fused) {
     dqkv.poison();
     const F* q = qkv.get();
     F* dq = dqkv.get();
-    attention_forward(out.get(), lse.get(), q, q + C, q + 2 * C, s.B, s.T, s.H, s.D, stride, scale, s.causal,
-                      nullptr);
+    attention_forward(out.get(), lse.get(), q, q + C, q + 2 * C, s.B, s.T, s.H, s.D, stride, scale, mask, nullptr);
     attention_backward(dq, dq + C, dq + 2 * C, ws.get(), dout.get(), q, q + C, q + 2 * C, out.get(), lse.get(), s.B,
-                       s.T, s.H, s.D, stride, scale, s.causal, nullptr);
+                       s.T, s.H, s.D, stride, scale, mask, nullptr);
     KILN_CUDA_CHECK(cudaDeviceSynchronize());
-    const std::vector<F> g = dqkv.to_host();
+    const std::vector<float> g = to_f32(dqkv.to_host());
     r.dq = unfuse(s, g, 0);
     r.dk = unfuse(s, g, 1);
     r.dv = unfuse(s, g, 2);
@@ -260,16 +426,16 @@ GpuRun<F> run_gpu(const Shape& s, float scale, const Inputs& in, bool fused) {
     dq.poison();
     dk.poison();
     dv.poison();
-    attention_forward(out.get(), lse.get(), q.get(), k.get(), v.get(), s.B, s.T, s.H, s.D, stride, scale, s.causal,
+    attention_forward(out.get(), lse.get(), q.get(), k.get(), v.get(), s.B, s.T, s.H, s.D, stride, scale, mask,
                       nullptr);
     attention_backward(dq.get(), dk.get(), dv.get(), ws.get(), dout.get(), q.get(), k.get(), v.get(), out.get(),
-                       lse.get(), s.B, s.T, s.H, s.D, stride, scale, s.causal, nullptr);
+                       lse.get(), s.B, s.T, s.H, s.D, stride, scale, mask, nullptr);
     KILN_CUDA_CHECK(cudaDeviceSynchronize());
-    r.dq = dq.to_host();
-    r.dk = dk.to_host();
-    r.dv = dv.to_host();
+    r.dq = to_f32(dq.to_host());
+    r.dk = to_f32(dk.to_host());
+    r.dv = to_f32(dv.to_host());
   }
-  r.out = out.to_host();
+  r.out = to_f32(out.to_host());
   r.lse = lse.to_host();
   return r;
 }
@@ -283,12 +449,7 @@ TEST_P(AttentionGpu, Bf16WithinTwiceThePlainBf16Error) {
   const Inputs in = make_inputs(s, 1000 + s.T * 13 + s.D);
   const Naive ref = reference(s, scale, in);
   const Result plain = plain_bf16_attention(s, scale, in.q, in.k, in.v, in.dout);
-  const GpuRun<bf16> got = run_gpu<bf16>(s, scale, in, /*fused=*/false);
-  EXPECT_TRUE(within_bf16_budget(to_f32(got.out), plain.out, ref.out, "out " + name_of(s)));
-  EXPECT_TRUE(within_bf16_budget(got.lse, plain.lse, ref.lse, "lse " + name_of(s)));
-  EXPECT_TRUE(within_bf16_budget(to_f32(got.dq), plain.dq, ref.dq, "dq " + name_of(s)));
-  EXPECT_TRUE(within_bf16_budget(to_f32(got.dk), plain.dk, ref.dk, "dk " + name_of(s)));
-  EXPECT_TRUE(within_bf16_budget(to_f32(got.dv), plain.dv, ref.dv, "dv " + name_of(s)));
+  EXPECT_TRUE(bf16_result_within_budget(run_gpu<bf16>(s, scale, in, /*fused=*/false), plain, ref, name_of(s)));
 }
 
 TEST_P(AttentionGpu, Fp32MatchesReference) {
@@ -296,17 +457,42 @@ TEST_P(AttentionGpu, Fp32MatchesReference) {
   const Shape s = GetParam();
   const float scale = default_scale(s);
   const Inputs in = make_inputs(s, 2000 + s.T * 13 + s.D);
-  const Naive ref = reference(s, scale, in);
-  const GpuRun<float> got = run_gpu<float>(s, scale, in, /*fused=*/false);
-  const Tolerance tol{1e-4, 1e-5};
-  EXPECT_TRUE(all_close(got.out, convert<double, float>(ref.out), tol, "out " + name_of(s)));
-  EXPECT_TRUE(all_close(got.lse, convert<double, float>(ref.lse), tol, "lse " + name_of(s)));
-  EXPECT_TRUE(all_close(got.dq, convert<double, float>(ref.dq), tol, "dq " + name_of(s)));
-  EXPECT_TRUE(all_close(got.dk, convert<double, float>(ref.dk), tol, "dk " + name_of(s)));
-  EXPECT_TRUE(all_close(got.dv, convert<double, float>(ref.dv), tol, "dv " + name_of(s)));
+  EXPECT_TRUE(fp32_result_close(run_gpu<float>(s, scale, in, /*fused=*/false), reference(s, scale, in), name_of(s)));
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, AttentionGpu, ::testing::ValuesIn(gpu_shapes()),
+                         [](const ::testing::TestParamInfo<Shape>& info) { return name_of(info.param); });
+
+// Packed rows on the GPU equal each example run alone (through the CPU
+// reference: fp64 for the error, plain bf16 for the budget), forward and
+// gradients, for every head dim; plus a long row of many random examples.
+class AttentionGpuPacked : public ::testing::TestWithParam<Shape> {};
+
+TEST_P(AttentionGpuPacked, Bf16EqualsEachExampleAlone) {
+  KILN_REQUIRE_GPU();
+  const Shape s = GetParam();
+  EXPECT_TRUE(packed_bf16_matches_alone(
+      s, [](const Shape& sh, float scale, const Inputs& in) { return run_gpu<bf16>(sh, scale, in, false); }));
+}
+
+TEST_P(AttentionGpuPacked, Fp32EqualsEachExampleAlone) {
+  KILN_REQUIRE_GPU();
+  const Shape s = GetParam();
+  EXPECT_TRUE(packed_fp32_matches_alone(
+      s, [](const Shape& sh, float scale, const Inputs& in) { return run_gpu<float>(sh, scale, in, false); }));
+}
+
+std::vector<Shape> gpu_packed_shapes() {
+  std::vector<Shape> v;
+  for (const Packing& p : shared_packings())
+    for (int D : {16, 32, 64, 128})
+      for (bool causal : {false, true}) v.push_back(packed_shape(p.T, 2, D, causal, p.rows, p.name));
+  for (int D : {64, 128})
+    for (bool causal : {false, true}) v.push_back(random_packed_shape(1000, 2, D, causal, 99 + D));
+  return v;
+}
+
+INSTANTIATE_TEST_SUITE_P(Packings, AttentionGpuPacked, ::testing::ValuesIn(gpu_packed_shapes()),
                          [](const ::testing::TestParamInfo<Shape>& info) { return name_of(info.param); });
 
 // Two runs give identical bits; the fused-QKV layout gives the same bits as
@@ -315,30 +501,32 @@ template <typename F>
 void check_determinism_and_layout(const Shape& s) {
   const float scale = default_scale(s);
   const Inputs in = make_inputs(s, 3000 + s.T);
-  const GpuRun<F> a = run_gpu<F>(s, scale, in, false), b = run_gpu<F>(s, scale, in, false);
-  const GpuRun<F> f = run_gpu<F>(s, scale, in, true);
+  const Result a = run_gpu<F>(s, scale, in, false), b = run_gpu<F>(s, scale, in, false);
+  const Result f = run_gpu<F>(s, scale, in, true);
   const std::string n = name_of(s);
-  EXPECT_TRUE(bitwise_equal(to_f32(a.out), to_f32(b.out), "out rerun " + n));
+  EXPECT_TRUE(bitwise_equal(a.out, b.out, "out rerun " + n));
   EXPECT_TRUE(bitwise_equal(a.lse, b.lse, "lse rerun " + n));
-  EXPECT_TRUE(bitwise_equal(to_f32(a.dq), to_f32(b.dq), "dq rerun " + n));
-  EXPECT_TRUE(bitwise_equal(to_f32(a.dk), to_f32(b.dk), "dk rerun " + n));
-  EXPECT_TRUE(bitwise_equal(to_f32(a.dv), to_f32(b.dv), "dv rerun " + n));
-  EXPECT_TRUE(bitwise_equal(to_f32(f.out), to_f32(a.out), "out fused " + n));
+  EXPECT_TRUE(bitwise_equal(a.dq, b.dq, "dq rerun " + n));
+  EXPECT_TRUE(bitwise_equal(a.dk, b.dk, "dk rerun " + n));
+  EXPECT_TRUE(bitwise_equal(a.dv, b.dv, "dv rerun " + n));
+  EXPECT_TRUE(bitwise_equal(f.out, a.out, "out fused " + n));
   EXPECT_TRUE(bitwise_equal(f.lse, a.lse, "lse fused " + n));
-  EXPECT_TRUE(bitwise_equal(to_f32(f.dq), to_f32(a.dq), "dq fused " + n));
-  EXPECT_TRUE(bitwise_equal(to_f32(f.dk), to_f32(a.dk), "dk fused " + n));
-  EXPECT_TRUE(bitwise_equal(to_f32(f.dv), to_f32(a.dv), "dv fused " + n));
+  EXPECT_TRUE(bitwise_equal(f.dq, a.dq, "dq fused " + n));
+  EXPECT_TRUE(bitwise_equal(f.dk, a.dk, "dk fused " + n));
+  EXPECT_TRUE(bitwise_equal(f.dv, a.dv, "dv fused " + n));
 }
 
 TEST(AttentionGpuLayout, Bf16DeterministicAndFusedQkv) {
   KILN_REQUIRE_GPU();
-  for (const Shape& s : {Shape{2, 1000, 3, 64, true}, Shape{3, 129, 2, 128, false}, Shape{1, 17, 4, 32, true}})
+  for (const Shape& s : {Shape{2, 1000, 3, 64, true}, Shape{3, 129, 2, 128, false}, Shape{1, 17, 4, 32, true},
+                         Shape{2, 100, 4, 16, false}})
     check_determinism_and_layout<bf16>(s);
+  check_determinism_and_layout<bf16>(packed_shape(150, 3, 64, true, shared_packings()[0].rows, "mixed"));
 }
 
 TEST(AttentionGpuLayout, Fp32DeterministicAndFusedQkv) {
   KILN_REQUIRE_GPU();
-  for (const Shape& s : {Shape{2, 300, 3, 64, true}, Shape{1, 129, 2, 128, false}})
+  for (const Shape& s : {Shape{2, 300, 3, 64, true}, Shape{1, 129, 2, 128, false}, Shape{1, 40, 2, 16, true}})
     check_determinism_and_layout<float>(s);
 }
 
@@ -351,11 +539,7 @@ TEST(AttentionGpuLayout, Bf16FusedQkvWithinBudget) {
   const Inputs in = make_inputs(s, 4000);
   const Naive ref = reference(s, scale, in);
   const Result plain = plain_bf16_attention(s, scale, in.q, in.k, in.v, in.dout);
-  const GpuRun<bf16> got = run_gpu<bf16>(s, scale, in, /*fused=*/true);
-  EXPECT_TRUE(within_bf16_budget(to_f32(got.out), plain.out, ref.out, "out fused"));
-  EXPECT_TRUE(within_bf16_budget(to_f32(got.dq), plain.dq, ref.dq, "dq fused"));
-  EXPECT_TRUE(within_bf16_budget(to_f32(got.dk), plain.dk, ref.dk, "dk fused"));
-  EXPECT_TRUE(within_bf16_budget(to_f32(got.dv), plain.dv, ref.dv, "dv fused"));
+  EXPECT_TRUE(bf16_result_within_budget(run_gpu<bf16>(s, scale, in, /*fused=*/true), plain, ref, "fused"));
 }
 
 #endif  // KILN_WITH_CUDA

@@ -1,8 +1,10 @@
 // Shared by the attention tests (attention_test.cpp: CPU reference and real
 // GPU; attention_emulation_test.cpp: the CUDA kernels' source run under host
-// emulation): shapes, inputs, an independent full-matrix formulation, the fp64
-// reference, a plain bf16 implementation that sets the bf16 error budget, and
-// the fused-QKV packing helpers.
+// emulation): shapes and masks, inputs, an independent full-matrix
+// formulation, the fp64 reference, a plain bf16 implementation that sets the
+// bf16 error budget, the fused-QKV packing helpers, and packed-sequence
+// helpers (segment ids from example lengths; running each example alone and
+// scattering the results back into the packed layout).
 #pragma once
 
 #include <gtest/gtest.h>
@@ -23,12 +25,76 @@ namespace kiln::attention_testing {
 struct Shape {
   int B, T, H, D;
   bool causal;
+  std::vector<int32_t> seg = {};  // (B, T) segment ids, or empty: one sequence per row
+  std::string packing = {};       // names the packing in test names ("" without segments)
 };
 
 inline std::string name_of(const Shape& s) {
   std::ostringstream os;
   os << "B" << s.B << "_T" << s.T << "_H" << s.H << "_D" << s.D << (s.causal ? "_causal" : "_full");
+  if (!s.seg.empty()) os << "_packed_" << (s.packing.empty() ? "x" : s.packing);
   return os.str();
+}
+
+/// The shape's mask with host segment ids (for the CPU references).
+inline AttentionMask mask_of(const Shape& s) { return AttentionMask{s.causal, s.seg.empty() ? nullptr : s.seg.data()}; }
+
+/// Written out here, independently of attention_visible(): key j is hidden
+/// from query i of row b by the causal rule or by a different segment.
+inline bool hidden(const Shape& s, int b, int i, int j) {
+  if (s.causal && j > i) return true;
+  if (s.seg.empty()) return false;
+  const size_t row = static_cast<size_t>(b) * s.T;
+  return s.seg[row + i] != s.seg[row + j];
+}
+
+/// Example lengths per batch row → segment ids (B, T). A row whose lengths
+/// sum to less than T is padded with one more segment (as a packer pads the
+/// tail of a window). Ids start at a different, partly negative, value in
+/// each row and skip numbers: only equality and order are in the contract.
+inline std::vector<int32_t> pack_segments(const std::vector<std::vector<int>>& lengths, int T) {
+  std::vector<int32_t> seg;
+  for (size_t b = 0; b < lengths.size(); ++b) {
+    int32_t id = static_cast<int32_t>(7 * b) - 5;
+    int n = 0;
+    for (int len : lengths[b]) {
+      for (int t = 0; t < len; ++t) seg.push_back(id);
+      n += len;
+      id += 1 + static_cast<int32_t>(b % 3);
+    }
+    EXPECT_LE(n, T) << "row " << b << " lengths exceed T";
+    seg.resize((b + 1) * static_cast<size_t>(T), id);
+  }
+  return seg;
+}
+
+/// Packings the CPU, emulator and GPU tests share: odd lengths, segments of
+/// length 1, segments crossing the 64-token tiles (and the 32-query tiles of
+/// the D = 128 dK/dV pass), T not a multiple of 64, B > 1 with a different
+/// packing in every row, one example filling a whole row, a padded tail, and
+/// tile-aligned segments (whole tiles skipped or left unmasked).
+struct Packing {
+  std::string name;
+  int T;
+  std::vector<std::vector<int>> rows;  // example lengths per batch row
+};
+
+inline std::vector<Packing> shared_packings() {
+  return {
+      {"mixed", 150, {{37, 1, 64, 48}, {1, 99, 50}, {150}, {70, 13, 1, 1, 65}}},
+      {"tiny", 20, {{1, 19}, {7, 6, 7}}},
+      {"aligned", 256, {{64, 64, 128}, {128, 1, 127}}},
+      {"padded", 200, {{90, 45}, {1, 1, 1}}},
+  };
+}
+
+/// A packed shape: B = lengths.size() rows of T tokens.
+inline Shape packed_shape(int T, int H, int D, bool causal, const std::vector<std::vector<int>>& lengths,
+                          const std::string& packing) {
+  Shape s{static_cast<int>(lengths.size()), T, H, D, causal};
+  s.seg = pack_segments(lengths, T);
+  s.packing = packing;
+  return s;
 }
 
 inline int64_t C_of(const Shape& s) { return static_cast<int64_t>(s.H) * s.D; }
@@ -72,7 +138,7 @@ inline Naive naive_attention(const Shape& s, float scale, const std::vector<doub
         for (int j = 0; j < T; ++j) {
           double dot = 0;
           for (int d = 0; d < D; ++d) dot += q[at(b, i, h, d)] * k[at(b, j, h, d)];
-          S[i * T + j] = (s.causal && j > i) ? -std::numeric_limits<double>::infinity() : scale * dot;
+          S[i * T + j] = hidden(s, b, i, j) ? -std::numeric_limits<double>::infinity() : scale * dot;
         }
         double mx = -std::numeric_limits<double>::infinity(), sum = 0, sum_raw = 0;
         for (int j = 0; j < T; ++j) mx = std::max(mx, S[i * T + j]);
@@ -147,17 +213,19 @@ inline Result plain_bf16_attention(const Shape& s, float scale, const std::vecto
     for (int h = 0; h < H; ++h) {
       std::vector<float> S(static_cast<size_t>(T) * T), P(S.size()), dP(S.size()), dS(S.size());  // (T, T)
       for (int i = 0; i < T; ++i) {
-        const int n = s.causal ? i + 1 : T;
         float mx = -std::numeric_limits<float>::infinity();
-        for (int j = 0; j < n; ++j) {
+        for (int j = 0; j < T; ++j) {
+          if (hidden(s, b, i, j)) continue;
           float dot = 0;
           for (int d = 0; d < D; ++d) dot += q[at(b, i, h, d)] * k[at(b, j, h, d)];
           S[i * T + j] = round_bf16(round_bf16(dot) * bf_scale);
           mx = std::max(mx, S[i * T + j]);
         }
         float sum = 0;
-        for (int j = 0; j < n; ++j) sum += std::exp(S[i * T + j] - mx);
-        for (int j = 0; j < T; ++j) P[i * T + j] = j < n ? round_bf16(std::exp(S[i * T + j] - mx) / sum) : 0.0f;
+        for (int j = 0; j < T; ++j)
+          if (!hidden(s, b, i, j)) sum += std::exp(S[i * T + j] - mx);
+        for (int j = 0; j < T; ++j)
+          P[i * T + j] = hidden(s, b, i, j) ? 0.0f : round_bf16(std::exp(S[i * T + j] - mx) / sum);
         r.lse[(static_cast<size_t>(b) * H + h) * T + i] = mx + std::log(sum);
       }
       for (int i = 0; i < T; ++i)
@@ -221,9 +289,9 @@ inline Naive reference(const Shape& s, float scale, const Inputs& in) {
   r.dk.resize(bhd_size(s));
   r.dv.resize(bhd_size(s));
   attention_forward_cpu<double>(r.out.data(), r.lse.data(), q.data(), k.data(), v.data(), s.B, s.T, s.H, s.D,
-                                C_of(s), scale, s.causal);
+                                C_of(s), scale, mask_of(s));
   attention_backward_cpu<double>(r.dq.data(), r.dk.data(), r.dv.data(), dout.data(), q.data(), k.data(), v.data(),
-                                 r.out.data(), r.lse.data(), s.B, s.T, s.H, s.D, C_of(s), scale, s.causal);
+                                 r.out.data(), r.lse.data(), s.B, s.T, s.H, s.D, C_of(s), scale, mask_of(s));
   return r;
 }
 
@@ -281,6 +349,139 @@ inline ::testing::AssertionResult within_bf16_budget(const std::vector<float>& k
   if (ek <= 2.0 * ep + floor) return ::testing::AssertionSuccess();
   return ::testing::AssertionFailure() << what << ": kernel max error " << ek << " > 2 x plain-bf16 max error " << ep
                                        << " + " << floor << " (max |ref| " << max_abs(ref) << ")";
+}
+
+// ---------------------------------------------------------------------------
+// Packed sequences: each example of a packed shape run alone (B = 1, T = its
+// length, no segment ids) and its results put back where the packed run has
+// them, so "packed == separate" is one comparison of whole tensors.
+// ---------------------------------------------------------------------------
+struct Example {
+  int b, start, len;  // batch row, first token, length
+};
+
+inline std::vector<Example> examples_of(const Shape& s) {
+  std::vector<Example> v;
+  for (int b = 0; b < s.B; ++b) {
+    const size_t row = static_cast<size_t>(b) * s.T;
+    for (int t = 0; t < s.T; ++t)
+      if (t == 0 || s.seg[row + t] != s.seg[row + t - 1]) v.push_back({b, t, 0});
+    for (size_t e = 0; e < v.size(); ++e)
+      if (v[e].b == b) v[e].len = (e + 1 < v.size() && v[e + 1].b == b ? v[e + 1].start : s.T) - v[e].start;
+  }
+  return v;
+}
+
+/// Rows [start, start + len) of batch row b of a (B, T, C) tensor, as (1, len, C).
+template <typename V>
+inline V slice_rows(const Shape& s, const V& x, const Example& e) {
+  const size_t C = static_cast<size_t>(C_of(s)), first = (static_cast<size_t>(e.b) * s.T + e.start) * C;
+  return V(x.begin() + first, x.begin() + first + static_cast<size_t>(e.len) * C);
+}
+
+inline Inputs slice_inputs(const Shape& s, const Inputs& in, const Example& e) {
+  return Inputs{slice_rows(s, in.q, e), slice_rows(s, in.k, e), slice_rows(s, in.v, e), slice_rows(s, in.dout, e)};
+}
+
+/// Runs `run(Shape, Inputs) -> R` (R has out, lse, dq, dk, dv) once per
+/// example of the packed shape `s` and assembles the packed-layout result.
+template <typename R, typename Run>
+inline R run_separately(const Shape& s, const Inputs& in, Run run) {
+  R whole;
+  whole.out.assign(bhd_size(s), 0);
+  whole.lse.assign(lse_size(s), 0);
+  whole.dq.assign(bhd_size(s), 0);
+  whole.dk.assign(bhd_size(s), 0);
+  whole.dv.assign(bhd_size(s), 0);
+  const size_t C = static_cast<size_t>(C_of(s));
+  for (const Example& e : examples_of(s)) {
+    const Shape one{1, e.len, s.H, s.D, s.causal};
+    const R part = run(one, slice_inputs(s, in, e));
+    const size_t first = (static_cast<size_t>(e.b) * s.T + e.start) * C, n = static_cast<size_t>(e.len) * C;
+    std::copy(part.out.begin(), part.out.begin() + n, whole.out.begin() + first);
+    std::copy(part.dq.begin(), part.dq.begin() + n, whole.dq.begin() + first);
+    std::copy(part.dk.begin(), part.dk.begin() + n, whole.dk.begin() + first);
+    std::copy(part.dv.begin(), part.dv.begin() + n, whole.dv.begin() + first);
+    for (int h = 0; h < s.H; ++h)  // lse (1, H, len) into (B, H, T)
+      std::copy(part.lse.begin() + static_cast<size_t>(h) * e.len, part.lse.begin() + static_cast<size_t>(h + 1) * e.len,
+                whole.lse.begin() + (static_cast<size_t>(e.b) * s.H + h) * s.T + e.start);
+  }
+  return whole;
+}
+
+/// Every output of a bf16 run (out, lse, dq, dk, dv) within the bf16 budget.
+inline ::testing::AssertionResult bf16_result_within_budget(const Result& got, const Result& plain, const Naive& ref,
+                                                            const std::string& what) {
+  const ::testing::AssertionResult parts[] = {within_bf16_budget(got.out, plain.out, ref.out, "out " + what),
+                                              within_bf16_budget(got.lse, plain.lse, ref.lse, "lse " + what),
+                                              within_bf16_budget(got.dq, plain.dq, ref.dq, "dq " + what),
+                                              within_bf16_budget(got.dk, plain.dk, ref.dk, "dk " + what),
+                                              within_bf16_budget(got.dv, plain.dv, ref.dv, "dv " + what)};
+  std::string failures;
+  for (const auto& r : parts)
+    if (!r) failures += std::string(r.message()) + "\n";
+  if (failures.empty()) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure() << failures;
+}
+
+/// Every output of an fp32 run close to the fp64 reference (rtol 1e-4, atol 1e-5).
+inline ::testing::AssertionResult fp32_result_close(const Result& got, const Naive& ref, const std::string& what) {
+  const test::Tolerance tol{1e-4, 1e-5};
+  const ::testing::AssertionResult parts[] = {
+      test::all_close(got.out, convert<double, float>(ref.out), tol, "out " + what),
+      test::all_close(got.lse, convert<double, float>(ref.lse), tol, "lse " + what),
+      test::all_close(got.dq, convert<double, float>(ref.dq), tol, "dq " + what),
+      test::all_close(got.dk, convert<double, float>(ref.dk), tol, "dk " + what),
+      test::all_close(got.dv, convert<double, float>(ref.dv), tol, "dv " + what)};
+  std::string failures;
+  for (const auto& r : parts)
+    if (!r) failures += std::string(r.message()) + "\n";
+  if (failures.empty()) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure() << failures;
+}
+
+/// Packed == each example alone for a bf16 kernel: `run_packed(shape, scale,
+/// inputs) -> Result` on the packed shape, against the fp64 reference and the
+/// plain bf16 implementation each run on every example alone.
+template <typename Run>
+inline ::testing::AssertionResult packed_bf16_matches_alone(const Shape& s, Run run_packed) {
+  const float scale = default_scale(s);
+  const Inputs in = make_inputs(s, 5000 + s.T * 3 + s.D);
+  const Naive ref = run_separately<Naive>(s, in, [&](const Shape& one, const Inputs& part) {
+    return reference(one, scale, part);
+  });
+  const Result plain = run_separately<Result>(s, in, [&](const Shape& one, const Inputs& part) {
+    return plain_bf16_attention(one, scale, part.q, part.k, part.v, part.dout);
+  });
+  return bf16_result_within_budget(run_packed(s, scale, in), plain, ref, name_of(s) + " vs each example alone");
+}
+
+/// Packed == each example alone for an fp32 kernel (tolerance as fp32_result_close).
+template <typename Run>
+inline ::testing::AssertionResult packed_fp32_matches_alone(const Shape& s, Run run_packed) {
+  const float scale = default_scale(s);
+  const Inputs in = make_inputs(s, 6000 + s.T * 3 + s.D);
+  const Naive ref = run_separately<Naive>(s, in, [&](const Shape& one, const Inputs& part) {
+    return reference(one, scale, part);
+  });
+  return fp32_result_close(run_packed(s, scale, in), ref, name_of(s) + " vs each example alone");
+}
+
+/// B rows of T tokens packed with pseudo-random example lengths in [1, 300]
+/// (an SFT-like mix), a different packing in every row.
+inline Shape random_packed_shape(int T, int B, int D, bool causal, uint64_t seed) {
+  std::vector<std::vector<int>> rows(static_cast<size_t>(B));
+  uint64_t x = seed * 6364136223846793005ull + 1442695040888963407ull;
+  for (auto& row : rows) {
+    int left = T;
+    while (left > 0) {
+      x = x * 6364136223846793005ull + 1442695040888963407ull;
+      const int len = std::min(left, 1 + static_cast<int>((x >> 33) % 300));
+      row.push_back(len);
+      left -= len;
+    }
+  }
+  return packed_shape(T, 1, D, causal, rows, "random" + std::to_string(seed));
 }
 
 }  // namespace kiln::attention_testing

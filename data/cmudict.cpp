@@ -97,6 +97,33 @@ struct Collector {
   }
 };
 
+// Where the object literal starts in a JSON file or the npm module
+// ("/** @type ... */ export const dictionary = {...}"): after leading
+// comments, a '{' or an "export ... =" statement. npos: not that format.
+size_t object_start(const std::string& t) {
+  size_t i = 0;
+  for (;;) {
+    while (i < t.size() && is_blank(t[i])) ++i;
+    if (t.compare(i, 2, "/*") == 0) {
+      const size_t e = t.find("*/", i + 2);
+      if (e == std::string::npos) return std::string::npos;
+      i = e + 2;
+    } else if (t.compare(i, 2, "//") == 0) {
+      const size_t e = t.find('\n', i);
+      if (e == std::string::npos) return std::string::npos;
+      i = e + 1;
+    } else {
+      break;
+    }
+  }
+  if (i < t.size() && t[i] == '{') return i;
+  if (t.compare(i, 7, "export ") == 0) {
+    const size_t eq = t.find('=', i);
+    return eq == std::string::npos ? std::string::npos : eq + 1;
+  }
+  return std::string::npos;
+}
+
 }  // namespace
 
 bool is_arpabet_phone(const std::string& p) {
@@ -112,11 +139,9 @@ std::vector<CmudictWord> read_cmudict(const std::string& path, CmudictReadStats*
   Collector col{&st, {}};
   // The npm module (or plain JSON) holds one object literal; anything else is
   // CMUdict's text format.
-  const size_t first = text.find_first_not_of(" \t\r\n");
-  const bool object = first != std::string::npos &&
-                      (text[first] == '{' || text.compare(first, 6, "export") == 0 || text.compare(first, 2, "/*") == 0);
-  if (object) {
-    const size_t open = text.find('{'), close = text.rfind('}');
+  const size_t first = object_start(text);
+  if (first != std::string::npos) {
+    const size_t open = text.find('{', first), close = text.rfind('}');
     KILN_INPUT_CHECK(open != std::string::npos && close != std::string::npos && close > open,
                      path << ": expected a JavaScript/JSON object of word -> pronunciation");
     nlohmann::json j;
@@ -236,7 +261,7 @@ CmudictSplitStats build_cmudict_splits(const std::string& source, const std::str
   return st;
 }
 
-bool cmudict_splits_ready(const std::string& out_dir, const CmudictSplitOptions& o) {
+bool cmudict_splits_ready(const std::string& out_dir, const CmudictSplitOptions* o) {
   const fs::path dir(out_dir);
   std::error_code ec;
   for (const char* s : kSplitNames)
@@ -244,7 +269,7 @@ bool cmudict_splits_ready(const std::string& out_dir, const CmudictSplitOptions&
   if (!fs::is_regular_file(dir / kManifest, ec)) return false;
   try {
     const nlohmann::json m = nlohmann::json::parse(read_file((dir / kManifest).string()));
-    return m.value("format", "") == kFormat && m.contains("options") && m.at("options") == options_json(o);
+    return m.value("format", "") == kFormat && m.contains("options") && (!o || m.at("options") == options_json(*o));
   } catch (const std::exception&) {
     return false;  // unreadable or torn: build again
   }

@@ -80,8 +80,9 @@ struct CmudictSplitStats {
 CmudictSplitStats build_cmudict_splits(const std::string& source, const std::string& out_dir,
                                        const CmudictSplitOptions& o);
 
-/// True when out_dir holds the three splits and a cmudict.json written for
-/// the same options (so a build can be skipped).
-bool cmudict_splits_ready(const std::string& out_dir, const CmudictSplitOptions& o);
+/// True when out_dir holds the three splits and the cmudict.json that
+/// build_cmudict_splits writes last (so a build can be skipped); with `o`,
+/// only when it was written for those options.
+bool cmudict_splits_ready(const std::string& out_dir, const CmudictSplitOptions* o = nullptr);
 
 }  // namespace kiln

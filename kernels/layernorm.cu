@@ -16,6 +16,7 @@
 #include <cmath>
 
 #include "kernels/layernorm.h"
+#include "kernels/layernorm_plan.h"
 #include "kernels/launch.cuh"
 #include "kernels/rowwise.cuh"
 
@@ -26,8 +27,7 @@ namespace {
 using rowwise::load_floats;
 using rowwise::store_floats;
 
-constexpr int kMaxBlock = 512;           // block-per-row mode: 128 registers per thread, cache fits unspilled
-constexpr int kSmemDefault = 48 * 1024;  // dynamic shared memory usable without opting in
+constexpr int kMaxBlock = kLayerNormMaxBlock;  // block-per-row mode: 128 registers per thread, cache fits unspilled
 
 __device__ __forceinline__ float param(const float* p, int c, int C) { return c < C ? __ldg(p + c) : 0.0f; }
 
@@ -136,7 +136,7 @@ __global__ void __launch_bounds__(WARP ? 128 : kMaxBlock)
 // they hit consecutive banks (the natural order would be a 4-way (fp32) or
 // 8-way (bf16) bank conflict on every update).
 template <typename T, bool WARP>
-__global__ void __launch_bounds__(WARP ? 256 : kMaxBlock)
+__global__ void __launch_bounds__(WARP ? kLayerNormWarpBackwardBlock : kMaxBlock)
     layernorm_backward_kernel(T* dx, float* partial, const T* dy, const T* x, const T* dresidual,
                               const float* __restrict__ weight, const float* __restrict__ mean,
                               const float* __restrict__ rstd, int64_t rows, int C, bool vec, bool smem_acc) {
@@ -302,43 +302,39 @@ int max_smem_optin() {
   return bytes;
 }
 
+// The kernel's static shared memory and thread limit, as the driver sees them
+// (they differ between builds: a -G build keeps more static shared memory and
+// more registers). Queried once per kernel.
+template <typename Kernel>
+KernelLimits limits_of(Kernel kernel) {
+  cudaFuncAttributes a{};
+  KILN_CUDA_CHECK(cudaFuncGetAttributes(&a, kernel));
+  return KernelLimits{a.sharedSizeBytes, a.maxThreadsPerBlock};
+}
+
 template <typename T>
 void backward_impl(T* dx, float* dweight, float* dbias, float* scratch, const T* dy, const T* x, const float* weight,
                    const float* mean, const float* rstd, const T* dresidual, int64_t rows, int64_t C,
                    cudaStream_t stream) {
   check_shape("layernorm_backward", rows, C);
   if (rows == 0 || C == 0) return;  // nothing to write; dweight/dbias += 0
-  constexpr int N = rowwise::chunk_elems<T>();
-  const int64_t nch = ceil_div(C, N);
   const int64_t partials = layernorm_backward_partials(rows);
   bool vec = rowwise::rows_aligned(dy, C) && rowwise::rows_aligned(x, C) && rowwise::rows_aligned(dx, C);
   if (dresidual) vec = vec && rowwise::rows_aligned(dresidual, C);
   const int c = static_cast<int>(C);
-  // One group's shared accumulators: (2, N, nch) floats.
-  const size_t row_acc_bytes = 2 * static_cast<size_t>(nch) * N * sizeof(float);
 
-  constexpr int K = rowwise::cache_chunks<T>();
-  if (nch <= 32LL * K) {
-    // Warp per row; as many warps per block (up to 8) as 48 KB of accumulators allow.
-    int warps = static_cast<int>(kSmemDefault / row_acc_bytes);
-    warps = warps < 1 ? 1 : (warps > 8 ? 8 : warps);
-    const size_t smem = static_cast<size_t>(warps) * row_acc_bytes;
-    launch(layernorm_backward_kernel<T, true>, dim3(static_cast<unsigned>(partials)), dim3(32 * warps), smem, stream,
-           dx, scratch, dy, x, dresidual, weight, mean, rstd, rows, c, vec, true);
-  } else {
-    // Block per row, each thread caching up to K chunks (streaming beyond kMaxBlock threads).
-    int64_t threads = ceil_div(ceil_div(nch, K), 32) * 32;
-    if (threads > kMaxBlock) threads = kMaxBlock;
-    // 1 KB left for the kernel's static shared memory (the block reductions).
-    const bool smem_acc = static_cast<int64_t>(row_acc_bytes) + 1024 <= max_smem_optin();
-    const size_t smem = smem_acc ? row_acc_bytes : 0;
-    if (smem > static_cast<size_t>(kSmemDefault))
-      KILN_CUDA_CHECK(cudaFuncSetAttribute(layernorm_backward_kernel<T, false>,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-    launch(layernorm_backward_kernel<T, false>, dim3(static_cast<unsigned>(partials)),
-           dim3(static_cast<unsigned>(threads)), smem, stream, dx, scratch, dy, x, dresidual, weight, mean, rstd, rows,
-           c, vec, smem_acc);
-  }
+  static const KernelLimits warp_limits = limits_of(layernorm_backward_kernel<T, true>);
+  static const KernelLimits block_limits = limits_of(layernorm_backward_kernel<T, false>);
+  // The plan (kernels/layernorm_plan.h) counts the kernel's static shared
+  // memory with the dynamic: both share the 48 KB a block gets without opting in.
+  const LayerNormBackwardPlan p = plan_layernorm_backward(C, static_cast<int>(sizeof(T)), warp_limits, block_limits,
+                                                          static_cast<size_t>(max_smem_optin()));
+  const auto kernel = p.warp ? layernorm_backward_kernel<T, true> : layernorm_backward_kernel<T, false>;
+  if (p.opt_in)
+    KILN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         static_cast<int>(p.dynamic_smem)));
+  launch(kernel, dim3(static_cast<unsigned>(partials)), dim3(static_cast<unsigned>(p.block)), p.dynamic_smem, stream,
+         dx, scratch, dy, x, dresidual, weight, mean, rstd, rows, c, vec, p.smem_acc);
   launch(layernorm_param_reduce_kernel, dim3(static_cast<unsigned>(ceil_div(2 * C, 32))), dim3(32, 8), 0, stream,
          dweight, dbias, static_cast<const float*>(scratch), static_cast<int>(partials), c);
 }

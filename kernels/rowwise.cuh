@@ -136,8 +136,17 @@ struct Group {
   /// Index of this group among the block's groups.
   __device__ __forceinline__ static int index() { return WARP ? static_cast<int>(threadIdx.x >> 5) : 0; }
   __device__ __forceinline__ static int per_block() { return WARP ? static_cast<int>(blockDim.x >> 5) : 1; }
-  __device__ __forceinline__ static float sum(float v) { return WARP ? warp_sum(v) : block_sum(v); }
-  __device__ __forceinline__ static float max(float v) { return WARP ? warp_max(v) : block_max(v); }
+  // `if constexpr`, not `?:`: a warp group must not even reference
+  // block_sum/block_max, whose static `partial[32]` would otherwise count as
+  // the kernel's shared memory wherever the compiler keeps dead code (a -G
+  // build), pushing a launch that plans 48 KB of dynamic shared memory over
+  // the limit (layernorm backward at C = 768).
+  __device__ __forceinline__ static float sum(float v) {
+    if constexpr (WARP) return warp_sum(v); else return block_sum(v);
+  }
+  __device__ __forceinline__ static float max(float v) {
+    if constexpr (WARP) return warp_max(v); else return block_max(v);
+  }
 };
 
 // --- host-side launch planning --------------------------------------------

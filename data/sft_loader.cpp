@@ -89,11 +89,13 @@ SftLoader::SftLoader(const SftDataset& data, const SftLoaderOptions& opt) : data
   fp.add(static_cast<uint64_t>(static_cast<uint32_t>(opt.pad_id)));
   fingerprint_ = fp.h;
   start_epoch(0);
-  if (opt.shuffle)
-    KILN_INPUT_CHECK(steps_per_epoch() >= 1, data.source() << ": " << data.size() << " examples make "
-                                                           << rows_per_epoch() << " rows of " << opt.seq_len
-                                                           << ", fewer than one global batch of " << opt.batch
-                                                           << " x " << opt.world << " rank(s)");
+}
+
+void SftLoader::check_trainable() const {
+  KILN_INPUT_CHECK(steps_per_epoch() >= 1, data_.source() << ": " << data_.size() << " examples make "
+                                                          << rows_per_epoch() << " rows of " << opt_.seq_len
+                                                          << ", fewer than one global batch of " << opt_.batch
+                                                          << " x " << opt_.world << " rank(s)");
 }
 
 void SftLoader::start_epoch(uint64_t e) {
@@ -208,6 +210,7 @@ void SftLoader::read_step(int64_t step, SftBatch* out) const {
 }
 
 void SftLoader::next(SftBatch* out) {
+  check_trainable();
   read_step(step_, out);
   if (++step_ >= steps_per_epoch()) start_epoch(epoch_ + 1);
 }

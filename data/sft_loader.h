@@ -84,12 +84,14 @@ struct SftBatch {
 class SftLoader {
  public:
   /// Keeps a reference to `data` (it must outlive the loader). InputError on
-  /// options out of range or an example longer than T; with shuffle (training)
-  /// also when the first epoch has fewer rows than one global batch.
+  /// options out of range, no examples, or an example longer than T.
   SftLoader(const SftDataset& data, const SftLoaderOptions& opt);
 
+  /// InputError when the current epoch has fewer rows than one global batch
+  /// (training needs one; evaluation and inspection do not).
+  void check_trainable() const;
   /// This rank's rows of the next training step; advances, starting the next
-  /// epoch after the last full step of one.
+  /// epoch after the last full step of one. check_trainable() first.
   void next(SftBatch* out);
   /// Rows of step `step` of the current epoch, for this rank, without moving;
   /// rows past the epoch's end are padding. step < steps_per_epoch(true).

@@ -37,7 +37,7 @@ void usage(FILE* f) {
                "  eval DIR [--split val|test] [key=value ...]  evaluate a checkpoint (or a run's newest)\n"
                "  plot RUN_DIR [--out FILE.svg]         draw loss/accuracy curves\n"
                "  tokenizer train|encode|decode ...     BPE tokenizer tools\n"
-               "  data prepare ...                      write token shards\n"
+               "  data prepare|cmudict|inspect ...      token shards, CMU dictionary SFT splits, SFT windows\n"
                "  sample DIR [--prompt TEXT] [--tokens N] [--temperature T] [--top-k K]  text from a GPT\n"
                "  export DIR --out FILE.safetensors     a GPT as Hugging Face GPT-2 weights\n"
                "  keys                                  list every config key\n");

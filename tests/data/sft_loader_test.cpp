@@ -310,7 +310,12 @@ TEST(SftLoaderTest, RaggedEvaluationStepIsPadded) {
 TEST(SftLoaderTest, Errors) {
   const SftDataset d = make_data(10);
   EXPECT_THROW(SftLoader(d, opts(1, 5, true, true)), InputError);   // examples up to 12 positions
-  EXPECT_THROW(SftLoader(d, opts(11, 64, false, true)), InputError);  // 10 rows < one global batch
+  SftLoader small(d, opts(11, 64, false, true));  // 10 rows < one global batch: fine to read, not to train
+  SftBatch b;
+  small.read_step(0, &b);
+  EXPECT_EQ(b.global_examples, 10);
+  EXPECT_THROW(small.check_trainable(), InputError);
+  EXPECT_THROW(small.next(&b), InputError);
   EXPECT_THROW(SftLoader(d, opts(0, 64, true, true)), InputError);
   EXPECT_THROW(SftLoader(d, opts(1, 64, true, true, 0, 2, 2)), InputError);
   try {

@@ -41,7 +41,8 @@ inline int64_t batchnorm_partials(int64_t rows) {
 /// per channel per slice, plus two per channel for the finished sums.
 inline int64_t batchnorm_scratch_floats(int64_t rows, int64_t C) { return (batchnorm_partials(rows) + 1) * 2 * C; }
 
-#if KILN_WITH_CUDA
+// --- CUDA launchers (declared in every build; defined with CUDA) ----------------
+
 /// Training forward: batch statistics into mean/rstd (C,) and, when not null,
 /// var_unbiased (C,); y (rows, C) normalized. y may alias x.
 void batchnorm_forward_train(float* y, float* mean, float* rstd, float* var_unbiased, float* scratch, const float* x,
@@ -74,7 +75,6 @@ void batchnorm_backward(bf16* dx, float* dweight, float* dbias, float* scratch, 
 /// (scale = 1 / number of micro-batches summed; see nn/batchnorm.h).
 void batchnorm_update_running(float* running_mean, float* running_var, const float* mean_sum, const float* var_sum,
                               int64_t C, float momentum, float scale, cudaStream_t stream);
-#endif
 
 /// CPU reference of batchnorm_forward_train (T = float or double). var_unbiased may be null.
 template <typename T>

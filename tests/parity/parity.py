@@ -171,8 +171,12 @@ class Report:
         rel = dv / abs(tv) if tv != 0 else (0.0 if dv == 0 else math.inf)
         u = used.reshape(-1)[flat].item()
         ok = u <= 1.0
-        line = (f"worst {idx}: kiln {kv:.12g} torch {tv:.12g} rel {rel:.2e}, "
-                f"{'%.2g' % u if u < 1e3 else '%.1e' % u}x tol ({tol})")
+        if tol.rtol == 0 and tol.atol == 0:  # bit-for-bit equality
+            differ = int((m & (diff != 0)).sum().item())
+            share = "equal" if ok else f"{differ} of {int(m.sum().item())} elements differ"
+        else:
+            share = f"{'%.2g' % u if u < 1e3 else '%.1e' % u}x tol ({tol})"
+        line = f"worst {idx}: kiln {kv:.12g} torch {tv:.12g} rel {rel:.2e}, {share}"
         self.rows.append((ok, name, line))
         if not ok:
             self.failures.append(f"{name}: {line}")

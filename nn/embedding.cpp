@@ -2,6 +2,7 @@
 
 #include <sstream>
 
+#include "kernels/activation.h"
 #include "kernels/embedding.h"
 #include "runtime/dispatch.h"
 
@@ -46,6 +47,11 @@ Tensor Embedding::forward_at(const Tensor& tokens, int64_t pos0) {
   Tensor out = Tensor::empty({B, T, C_}, wte.dtype(), tokens.device(), "embedding.out");
   tokens_ = tokens;
   pos0_ = pos0;
+  positions_saved_ = positions_;
+  if (positions_.defined()) {
+    forward_positions(tokens, wte, wpe, out);
+    return out;
+  }
   dispatch(
       out,
       [&](auto tag) {
@@ -71,6 +77,66 @@ Tensor Embedding::forward_at(const Tensor& tokens, int64_t pos0) {
   return out;
 }
 
+// out = wte[tokens] + wpe[positions], as two lookups and an add.
+void Embedding::forward_positions(const Tensor& tokens, const Tensor& wte, const Tensor& wpe, Tensor& out) {
+  const Tensor& pos = positions_;
+  KILN_CHECK(pos.dtype() == DType::i32 && pos.shape() == tokens.shape() && pos.device() == tokens.device(),
+             describe() << ": position ids '" << pos.name() << "' must be int32 " << tokens.shape().str() << " on "
+                        << tokens.device().str() << ", got " << dtype_name(pos.dtype()) << " " << pos.shape().str()
+                        << " on " << pos.device().str());
+  KILN_CHECK(pos0_ == 0, describe() << ": position ids with a forward at position " << pos0_);
+  const int64_t n = tokens.numel();
+  Tensor tok_rows = Tensor::empty(out.shape(), out.dtype(), out.device(), "embedding.tokens");  // (B, T, C)
+  Tensor pos_rows = Tensor::empty(out.shape(), out.dtype(), out.device(), "embedding.positions");
+  dispatch(
+      out,
+      [&](auto tag) {
+        using F = decltype(tag);
+        embedding_lookup_forward_cpu<F>(tok_rows.data<F>(), tokens.data<int32_t>(), wte.data<F>(), n, C_, V_);
+        embedding_lookup_forward_cpu<F>(pos_rows.data<F>(), pos.data<int32_t>(), wpe.data<F>(), n, C_, Tmax_);
+        residual_add_cpu<F>(out.data<F>(), tok_rows.data<F>(), pos_rows.data<F>(), n * C_);
+      },
+      [&](auto tag, cudaStream_t s) {
+        using F = decltype(tag);
+        int32_t* status = nullptr;
+        if (device_check_) {
+          if (!status_.defined() || status_.device() != tokens.device())
+            status_ = Tensor::empty({1}, DType::i32, tokens.device(), "embedding.status");
+          status = status_.data<int32_t>();
+          embedding_status_reset(status, s);
+        }
+        embedding_lookup_forward(tok_rows.data<F>(), tokens.data<int32_t>(), wte.data<F>(), n, C_, V_, status, s);
+        if (status) embedding_check_status(status, tokens.data<int32_t>(), V_, s, "embedding (token ids)");
+        // Position ids come from the loader, checked on the host.
+        embedding_lookup_forward(pos_rows.data<F>(), pos.data<int32_t>(), wpe.data<F>(), n, C_, Tmax_, nullptr, s);
+        residual_add(out.data<F>(), tok_rows.data<F>(), pos_rows.data<F>(), n * C_, s);
+      });
+}
+
+// dwte += rows of dout by token, dwpe += rows of dout by position id.
+void Embedding::backward_positions(const Tensor& dout) {
+  const Tensor& pos = positions_saved_;
+  const int64_t n = tokens_.numel();
+  for (Parameter* p : {wte_, wpe_}) {
+    if (!p->trainable) continue;
+    const Tensor& ids = p == wte_ ? tokens_ : pos;
+    const int64_t rows = p == wte_ ? V_ : Tmax_;
+    dispatch(
+        dout,
+        [&](auto tag) {
+          using F = decltype(tag);
+          embedding_lookup_backward_cpu<F>(p->grad.data<F>(), dout.data<F>(), ids.data<int32_t>(), n, C_, rows);
+        },
+        [&](auto tag, cudaStream_t s) {
+          using F = decltype(tag);
+          const size_t bytes = embedding_backward_workspace_bytes(n, rows);
+          Tensor ws = Tensor::empty({static_cast<int64_t>(bytes)}, DType::u8, dout.device(), "embedding.workspace");
+          embedding_lookup_backward(p->grad.data<float>(), dout.data<F>(), ids.data<int32_t>(), n, C_, rows, ws.raw(),
+                                    bytes, nullptr, s);
+        });
+  }
+}
+
 Tensor Embedding::backward(const Tensor& dout) {
   KILN_CHECK(tokens_.defined(), describe() << ": backward before forward");
   KILN_CHECK(pos0_ == 0, describe() << ": backward after a forward at position " << pos0_ << " (decoding only)");
@@ -79,6 +145,11 @@ Tensor Embedding::backward(const Tensor& dout) {
                                                     << dout.shape().str() << ", expected (" << B << ", " << T << ", "
                                                     << C_ << ")");
   if (!wte_->trainable && !wpe_->trainable) return Tensor();  // frozen tables: nothing to compute
+  if (positions_saved_.defined()) {
+    backward_positions(dout);
+    grads_ready();
+    return Tensor();
+  }
   // The kernel writes both tables' gradients; a frozen one's go to scratch.
   auto grad_or_scratch = [&](Parameter& p) {
     if (p.trainable) return p.grad;

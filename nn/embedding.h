@@ -2,6 +2,11 @@
 //
 //   out (B, T, C) = wte (Vp, C)[tokens (B, T)] + wpe (T_max, C)[pos0 + t]
 //
+// or, with position ids set (packed sequences, where each example's
+// positions restart at 0), wpe[positions (B, T)] instead of wpe[pos0 + t]:
+// two row lookups and an add (kernels/embedding.h's lookup pair), the same
+// fp32 sum as the fused kernel.
+//
 // The token table has Vp = vocabulary padded up (GPT: to a multiple of 128)
 // rows; ids must lie in [0, V). Rows [V, Vp) are never looked up; they exist
 // so a tied LM head (logits = x · wteᵀ) produces Vp columns with tensor-core
@@ -35,6 +40,13 @@ class Embedding : public Module {
   Tensor backward(const Tensor& dout) override;
   std::string describe() const override;
 
+  /// Position ids for the following forwards (and their backward): int32
+  /// (B, T) on the module's device, matching the tokens' shape, each in
+  /// [0, max_positions). Shared, not copied. An undefined tensor clears them
+  /// (positions pos0 + t again). Not with pos0 > 0 (decoding).
+  void set_positions(const Tensor& positions) { positions_ = positions; }
+  const Tensor& positions() const { return positions_; }
+
   Parameter& wte() { return *wte_; }
   Parameter& wpe() { return *wpe_; }
   /// GPU: check the status word after each forward (default on). Callers
@@ -47,11 +59,16 @@ class Embedding : public Module {
   uint64_t next_offset() const { return next_offset_; }
 
  private:
+  void forward_positions(const Tensor& tokens, const Tensor& wte, const Tensor& wpe, Tensor& out);
+  void backward_positions(const Tensor& dout);
+
   int64_t V_, Vp_, Tmax_, C_;
   Parameter* wte_ = nullptr;
   Parameter* wpe_ = nullptr;
   uint64_t next_offset_ = 0;
   Tensor tokens_;  // (B, T) saved for backward
+  Tensor positions_;        // (B, T) int32 position ids, or undefined (pos0 + t)
+  Tensor positions_saved_;  // the ids forward used, for backward
   int64_t pos0_ = 0;
   Tensor status_;  // GPU: int32 status word of the id range check
   bool device_check_ = true;

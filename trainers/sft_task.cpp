@@ -3,9 +3,12 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <algorithm>
+#include <map>
 #include <thread>
 
 #include "data/cmudict.h"
+#include "data/sampler.h"
 #include "runtime/error.h"
 #include "runtime/process_info.h"
 
@@ -115,6 +118,46 @@ SftLoaderOptions sft_loader_options(const TrainConfig& cfg, const SftDataset& da
   o.world = world;
   o.pad_id = data.eos();
   return o;
+}
+
+std::vector<int64_t> sft_exact_match_examples(const SftDataset& data, int64_t max_examples, uint64_t seed) {
+  std::vector<int64_t> firsts;
+  std::map<std::vector<int32_t>, int64_t> seen;  // prompt ids -> first example
+  for (int64_t i = 0; i < data.size(); ++i) {
+    std::vector<int32_t> key(data.ids(i), data.ids(i) + data.prompt_len(i));
+    if (seen.emplace(std::move(key), i).second) firsts.push_back(i);
+  }
+  const auto n = static_cast<int64_t>(firsts.size());
+  if (max_examples <= 0 || n <= max_examples) return firsts;
+  const std::vector<int64_t> perm = seeded_permutation(n, seed, 0);
+  std::vector<int64_t> pick(perm.begin(), perm.begin() + max_examples);
+  std::sort(pick.begin(), pick.end());
+  for (int64_t& p : pick) p = firsts[static_cast<size_t>(p)];
+  return pick;
+}
+
+ExactMatch sft_exact_match(nn::Gpt& gpt, const SftDataset& data, const Tokenizer& tok, int64_t max_examples,
+                           int64_t max_new_tokens, uint64_t seed, bool keep_predictions) {
+  ExactMatch em;
+  nn::GenerateOptions g;
+  g.max_new_tokens = max_new_tokens;
+  g.temperature = 0.0f;  // greedy
+  g.stop_token = data.eos();
+  for (const int64_t i : sft_exact_match_examples(data, max_examples, seed)) {
+    const std::vector<int32_t> prompt(data.ids(i), data.ids(i) + data.prompt_len(i));
+    std::vector<int32_t> out = gpt.generate(prompt, g);
+    SftPrediction p;
+    p.example = i;
+    p.stopped = !out.empty() && out.back() == data.eos();
+    if (p.stopped) out.pop_back();
+    p.output = tok.decode(out);
+    const std::vector<std::string>& answers = data.record(i).answers;
+    p.correct = p.stopped && std::find(answers.begin(), answers.end(), p.output) != answers.end();
+    em.correct += p.correct;
+    ++em.total;
+    if (keep_predictions) em.predictions.push_back(std::move(p));
+  }
+  return em;
 }
 
 }  // namespace kiln

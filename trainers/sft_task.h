@@ -22,12 +22,19 @@
 //   sft.prompt_template text around each prompt ({prompt})
 //   sft.max_len         window length T and the longest example, in positions
 //   sft.overflow        truncate (the prompt's left) or drop longer examples
+//
+// Evaluation by generation (sft_exact_match): for each selected held-out
+// prompt, greedy decoding up to EOS (or sft.max_new_tokens), and the
+// decoded completion compared byte for byte with the record's answers (any
+// one counts). An answer without its EOS within the limit is wrong.
 #pragma once
 
 #include <string>
+#include <vector>
 
 #include "data/sft_dataset.h"
 #include "data/sft_loader.h"
+#include "nn/gpt.h"
 #include "trainers/config.h"
 #include "trainers/task.h"
 
@@ -53,5 +60,30 @@ void ensure_sft_data(const TrainConfig& cfg);
 /// shuffled (data.shuffle) only for training, padding with EOS.
 SftLoaderOptions sft_loader_options(const TrainConfig& cfg, const SftDataset& data, Split s, int64_t batch, int rank,
                                     int world);
+
+/// One generated answer.
+struct SftPrediction {
+  int64_t example = 0;   ///< index in the dataset
+  std::string output;    ///< decoded completion (without the EOS)
+  bool stopped = false;  ///< ended with EOS within the limit
+  bool correct = false;  ///< stopped, and output is one of the record's answers
+};
+
+struct ExactMatch {
+  int64_t correct = 0, total = 0;
+  std::vector<SftPrediction> predictions;  ///< when asked for, in the order evaluated
+  double rate() const { return total ? static_cast<double>(correct) / static_cast<double>(total) : 0.0; }
+};
+
+/// The examples exact match is measured on: the first example of each
+/// distinct prompt (records with the same prompt share their answers), all
+/// of them when there are at most `max_examples`, else a seeded sample of
+/// that many (seeded_permutation(distinct, seed, 0)), in dataset order.
+std::vector<int64_t> sft_exact_match_examples(const SftDataset& data, int64_t max_examples, uint64_t seed);
+
+/// Greedy answers from `gpt` (eval mode; any segment ids cleared) to the
+/// prompts sft_exact_match_examples picks, compared with their answers.
+ExactMatch sft_exact_match(nn::Gpt& gpt, const SftDataset& data, const Tokenizer& tok, int64_t max_examples,
+                           int64_t max_new_tokens, uint64_t seed, bool keep_predictions = false);
 
 }  // namespace kiln

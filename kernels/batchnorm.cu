@@ -109,21 +109,19 @@ __global__ void stats_finish_kernel(float* mean_out, float* rstd_out, float* var
   }
 }
 
-// Per-channel scale and shift from the batch statistics: y = x · scale + shift.
-__global__ void affine_params_kernel(float* scale, float* shift, const float* mean, const float* rstd,
-                                     const float* weight, const float* bias, int C) {
+// Per-channel scale from the batch statistics: y = (x − mean) · scale + bias.
+__global__ void scale_kernel(float* scale, const float* rstd, const float* weight, int C) {
   const int c = blockIdx.x * blockDim.x + threadIdx.x;
   if (c >= C) return;
-  const float s = rstd[c] * weight[c];
-  scale[c] = s;
-  shift[c] = bias[c] - mean[c] * s;
+  scale[c] = rstd[c] * weight[c];
 }
 
-// y[r, c] = x[r, c] · scale[c] + shift[c], one 16-byte chunk per thread when
+// y[r, c] = (x[r, c] − mean[c]) · scale[c] + bias[c] (centering first: no
+// cancellation when the scale is large), one 16-byte chunk per thread when
 // vec (C divisible by the chunk and both pointers aligned), else one element.
 template <typename T>
-__global__ void affine_kernel(T* y, const T* x, const float* __restrict__ scale, const float* __restrict__ shift,
-                              int64_t n, int C, bool vec) {
+__global__ void affine_kernel(T* y, const T* x, const float* __restrict__ mean, const float* __restrict__ scale,
+                              const float* __restrict__ bias, int64_t n, int C, bool vec) {
   constexpr int N = 16 / sizeof(T);
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (vec) {
@@ -133,12 +131,13 @@ __global__ void affine_kernel(T* y, const T* x, const float* __restrict__ scale,
     T* v = reinterpret_cast<T*>(&raw);
     const int c0 = static_cast<int>(e0 % C);
 #pragma unroll
-    for (int k = 0; k < N; ++k) v[k] = from_float<T>(to_float(v[k]) * __ldg(scale + c0 + k) + __ldg(shift + c0 + k));
+    for (int k = 0; k < N; ++k)
+      v[k] = from_float<T>((to_float(v[k]) - __ldg(mean + c0 + k)) * __ldg(scale + c0 + k) + __ldg(bias + c0 + k));
     *reinterpret_cast<int4*>(y + e0) = raw;
   } else {
     if (i >= n) return;
     const int c = static_cast<int>(i % C);
-    y[i] = from_float<T>(to_float(x[i]) * __ldg(scale + c) + __ldg(shift + c));
+    y[i] = from_float<T>((to_float(x[i]) - __ldg(mean + c)) * __ldg(scale + c) + __ldg(bias + c));
   }
 }
 
@@ -240,12 +239,12 @@ void check_args(const char* op, int64_t rows, int64_t C) {
 }
 
 template <typename T>
-void launch_affine(T* y, const T* x, const float* scale, const float* shift, int64_t rows, int64_t C,
-                   cudaStream_t stream) {
+void launch_affine(T* y, const T* x, const float* mean, const float* scale, const float* bias, int64_t rows,
+                   int64_t C, cudaStream_t stream) {
   constexpr int N = 16 / sizeof(T);
   const int64_t n = rows * C;
   const bool vec = C % N == 0 && is_aligned(x, 16) && is_aligned(y, 16);
-  launch_1d(affine_kernel<device_t<T>>, vec ? n / N : n, 256, 0, stream, dev_ptr(y), dev_ptr(x), scale, shift, n,
+  launch_1d(affine_kernel<device_t<T>>, vec ? n / N : n, 256, 0, stream, dev_ptr(y), dev_ptr(x), mean, scale, bias, n,
             static_cast<int>(C), vec);
 }
 
@@ -264,13 +263,12 @@ void forward_train(T* y, float* mean, float* rstd, float* var_unbiased, float* s
     KILN_CUDA_CHECK(cudaMemsetAsync(scratch, 0, static_cast<size_t>(2 * sl.count * C) * sizeof(float), stream));
   launch_1d(stats_finish_kernel, C * 32, 128, 0, stream, mean, rstd, var_unbiased, scratch, rows, ci, sl.per,
             sl.count, eps);
-  float* scale = scratch + 2 * sl.count * C;  // the last 2·C floats
-  float* shift = scale + C;
-  launch_1d(affine_params_kernel, C, 128, 0, stream, scale, shift, mean, rstd, weight, bias, ci);
-  launch_affine(y, x, scale, shift, rows, C, stream);
+  float* scale = scratch + 2 * sl.count * C;  // in the last 2·C floats
+  launch_1d(scale_kernel, C, 128, 0, stream, scale, rstd, weight, ci);
+  launch_affine(y, x, mean, scale, bias, rows, C, stream);
 }
 
-// Eval has no scratch: each element derives its channel's scale and shift
+// Eval has no scratch: each element derives its channel's scale
 // from the running statistics (a square root and a division per element are
 // free in a memory-bound kernel).
 template <typename T>

@@ -1,8 +1,9 @@
-// CPU references for BatchNorm over NHWC channels (see batchnorm.h). Rows are
-// visited in order with one accumulator per channel in double (the inner loop
-// runs over the contiguous channels, so it vectorizes); two passes for the
-// variance. These are the numbers the CUDA kernels are judged against and the
-// CPU backend's implementation.
+// CPU references for BatchNorm over NHWC channels (see batchnorm.h): the
+// numbers the CUDA kernels are judged against and the CPU backend's
+// implementation. Channel sums run per block of rows in T (the inner loop
+// over the contiguous channels vectorizes) and the block sums add up in
+// double in block order; two passes for the variance.
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -13,19 +14,82 @@ namespace kiln {
 
 namespace {
 
+// Rows per reduction block: per-channel sums are taken per block (in T,
+// vectorized over the contiguous channels) and the block sums added in
+// block order in double. The blocks depend on the shape only.
+constexpr int64_t kBlockRows = 256;
+
 void check_shape(const char* op, int64_t rows, int64_t C) {
   KILN_CHECK(rows >= 0 && C >= 0, op << ": bad shape (" << rows << ", " << C << ")");
 }
 
-// y = x · scale_c + shift_c (scale = rstd · weight, shift = bias − mean · scale).
+int64_t blocks_for(int64_t rows) { return (rows + kBlockRows - 1) / kBlockRows; }
+
+// totals (sums, C) = Σ over rows of what f(r, acc) adds into acc (sums, C),
+// accumulated per block of rows in T and over blocks in double.
+template <typename T, typename F>
+void block_sums(int64_t rows, int64_t C, int sums, std::vector<double>& totals, F f) {
+  totals.assign(static_cast<size_t>(sums * C), 0.0);
+  std::vector<T> acc(static_cast<size_t>(sums * C));
+  for (int64_t b = 0; b < blocks_for(rows); ++b) {
+    std::fill(acc.begin(), acc.end(), T(0));
+    const int64_t r1 = std::min(rows, (b + 1) * kBlockRows);
+    for (int64_t r = b * kBlockRows; r < r1; ++r) f(r, acc.data());
+    for (size_t i = 0; i < acc.size(); ++i) totals[i] += static_cast<double>(acc[i]);
+  }
+}
+
+// Mean and Σ (x − mean)² of every channel, one pass over memory: each block
+// (in cache) gets its own two-pass mean and squared deviations, and the
+// blocks merge in order with Chan's formula in double.
 template <typename T>
-void affine_rows(T* y, const T* x, const std::vector<double>& scale, const std::vector<double>& shift, int64_t rows,
+void channel_stats(const T* x, int64_t rows, int64_t C, std::vector<double>& mean, std::vector<double>& m2) {
+  const size_t nc = static_cast<size_t>(C);
+  mean.assign(nc, 0.0);
+  m2.assign(nc, 0.0);
+  std::vector<T> bm(nc), bq(nc);
+  double n = 0;
+  for (int64_t b = 0; b < blocks_for(rows); ++b) {
+    const int64_t r0 = b * kBlockRows, r1 = std::min(rows, r0 + kBlockRows);
+    const T inv = T(1) / static_cast<T>(r1 - r0);
+    T* __restrict s = bm.data();
+    T* __restrict q = bq.data();
+    std::fill(bm.begin(), bm.end(), T(0));
+    std::fill(bq.begin(), bq.end(), T(0));
+    for (int64_t r = r0; r < r1; ++r) {
+      const T* __restrict xr = x + r * C;
+      for (int64_t c = 0; c < C; ++c) s[c] += xr[c];
+    }
+    for (int64_t c = 0; c < C; ++c) s[c] *= inv;
+    for (int64_t r = r0; r < r1; ++r) {
+      const T* __restrict xr = x + r * C;
+      for (int64_t c = 0; c < C; ++c) {
+        const T d = xr[c] - s[c];
+        q[c] += d * d;
+      }
+    }
+    const double nb = static_cast<double>(r1 - r0), tot = n + nb;
+    for (size_t c = 0; c < nc; ++c) {
+      const double delta = static_cast<double>(bm[c]) - mean[c];
+      mean[c] += delta * nb / tot;
+      m2[c] += static_cast<double>(bq[c]) + delta * delta * n * nb / tot;
+    }
+    n = tot;
+  }
+}
+
+// y = (x − center_c) · scale_c + bias_c (centering first: no cancellation when
+// the scale is large).
+template <typename T>
+void affine_rows(T* y, const T* x, const T* center, const std::vector<T>& scale, const T* bias, int64_t rows,
                  int64_t C) {
+  const T* __restrict m = center;
+  const T* __restrict sc = scale.data();
+  const T* __restrict b = bias;
   for (int64_t r = 0; r < rows; ++r) {
     const T* xr = x + r * C;  // (C,)
-    T* yr = y + r * C;
-    for (int64_t c = 0; c < C; ++c)
-      yr[c] = static_cast<T>(static_cast<double>(xr[c]) * scale[static_cast<size_t>(c)] + shift[static_cast<size_t>(c)]);
+    T* yr = y + r * C;        // may alias x
+    for (int64_t c = 0; c < C; ++c) yr[c] = (xr[c] - m[c]) * sc[c] + b[c];
   }
 }
 
@@ -36,32 +100,20 @@ void batchnorm_forward_train_cpu(T* y, T* mean, T* rstd, T* var_unbiased, const 
                                  int64_t rows, int64_t C, float eps) {
   check_shape("batchnorm_forward_train_cpu", rows, C);
   const size_t nc = static_cast<size_t>(C);
-  std::vector<double> m(nc, 0.0), v(nc, 0.0);
-  for (int64_t r = 0; r < rows; ++r) {
-    const T* xr = x + r * C;
-    for (int64_t c = 0; c < C; ++c) m[static_cast<size_t>(c)] += static_cast<double>(xr[c]);
-  }
+  std::vector<double> m, sq;
+  channel_stats(x, rows, C, m, sq);
   const double inv_rows = rows > 0 ? 1.0 / static_cast<double>(rows) : 0.0;
-  for (double& s : m) s *= inv_rows;
-  // Second pass: squared deviations from the mean (exact for large means).
-  for (int64_t r = 0; r < rows; ++r) {
-    const T* xr = x + r * C;
-    for (int64_t c = 0; c < C; ++c) {
-      const double d = static_cast<double>(xr[c]) - m[static_cast<size_t>(c)];
-      v[static_cast<size_t>(c)] += d * d;
-    }
-  }
-  std::vector<double> scale(nc), shift(nc);
+  std::vector<T> mt(nc), scale(nc);
   for (size_t c = 0; c < nc; ++c) {
-    const double var = v[c] * inv_rows;
+    const double var = sq[c] * inv_rows;
     const double rs = 1.0 / std::sqrt(var + static_cast<double>(eps));
-    mean[c] = static_cast<T>(m[c]);
+    mt[c] = static_cast<T>(m[c]);
+    mean[c] = mt[c];
     rstd[c] = static_cast<T>(rs);
-    if (var_unbiased) var_unbiased[c] = static_cast<T>(rows > 1 ? v[c] / static_cast<double>(rows - 1) : var);
-    scale[c] = rs * static_cast<double>(weight[c]);
-    shift[c] = static_cast<double>(bias[c]) - m[c] * scale[c];
+    if (var_unbiased) var_unbiased[c] = static_cast<T>(rows > 1 ? sq[c] / static_cast<double>(rows - 1) : var);
+    scale[c] = static_cast<T>(rs * static_cast<double>(weight[c]));
   }
-  affine_rows(y, x, scale, shift, rows, C);
+  affine_rows(y, x, mt.data(), scale, bias, rows, C);
 }
 
 template <typename T>
@@ -69,13 +121,11 @@ void batchnorm_forward_eval_cpu(T* y, const T* x, const T* running_mean, const T
                                 const T* bias, int64_t rows, int64_t C, float eps) {
   check_shape("batchnorm_forward_eval_cpu", rows, C);
   const size_t nc = static_cast<size_t>(C);
-  std::vector<double> scale(nc), shift(nc);
-  for (size_t c = 0; c < nc; ++c) {
-    const double rs = 1.0 / std::sqrt(static_cast<double>(running_var[c]) + static_cast<double>(eps));
-    scale[c] = rs * static_cast<double>(weight[c]);
-    shift[c] = static_cast<double>(bias[c]) - static_cast<double>(running_mean[c]) * scale[c];
-  }
-  affine_rows(y, x, scale, shift, rows, C);
+  std::vector<T> scale(nc);
+  for (size_t c = 0; c < nc; ++c)
+    scale[c] = static_cast<T>(static_cast<double>(weight[c]) /
+                              std::sqrt(static_cast<double>(running_var[c]) + static_cast<double>(eps)));
+  affine_rows(y, x, running_mean, scale, bias, rows, C);
 }
 
 template <typename T>
@@ -83,38 +133,39 @@ void batchnorm_backward_cpu(T* dx, T* dweight, T* dbias, const T* dy, const T* x
                             const T* rstd, int64_t rows, int64_t C) {
   check_shape("batchnorm_backward_cpu", rows, C);
   const size_t nc = static_cast<size_t>(C);
-  std::vector<double> sdy(nc, 0.0), sdyx(nc, 0.0), m(nc), rs(nc);
-  for (size_t c = 0; c < nc; ++c) {
-    m[c] = static_cast<double>(mean[c]);
-    rs[c] = static_cast<double>(rstd[c]);
-  }
-  for (int64_t r = 0; r < rows; ++r) {
-    const T* dyr = dy + r * C;  // (C,)
-    const T* xr = x + r * C;
+  const T* __restrict m = mean;
+  const T* __restrict rs = rstd;
+  // One pass: (Σ dy, Σ dy·xhat) per channel, packed (2, C) per block.
+  std::vector<double> sums;
+  block_sums<T>(rows, C, 2, sums, [&](int64_t r, T* acc) {
+    T* __restrict a = acc;
+    T* __restrict ax = acc + C;
+    const T* __restrict g = dy + r * C;
+    const T* __restrict xr = x + r * C;
     for (int64_t c = 0; c < C; ++c) {
-      const size_t k = static_cast<size_t>(c);
-      const double g = static_cast<double>(dyr[c]);
-      sdy[k] += g;
-      sdyx[k] += g * (static_cast<double>(xr[c]) - m[k]) * rs[k];
+      a[c] += g[c];
+      ax[c] += g[c] * ((xr[c] - m[c]) * rs[c]);
     }
-  }
+  });
+  const double* sdy = sums.data();
+  const double* sdyx = sums.data() + C;
   const double inv_rows = rows > 0 ? 1.0 / static_cast<double>(rows) : 0.0;
-  // dx = a·dy + b·x + c0 per channel, with a = weight·rstd,
-  // b = −a·rstd·mean(dy·xhat), c0 = −a·mean(dy) − b·mean.
-  std::vector<double> a(nc), b(nc), c0(nc);
+  // dx = a·(dy − mean(dy)) + b·(x − mean), a = weight·rstd, b = −a·rstd·mean(dy·xhat).
+  std::vector<T> a(nc), b(nc), mdy(nc);
   for (size_t c = 0; c < nc; ++c) {
-    a[c] = static_cast<double>(weight[c]) * rs[c];
-    b[c] = -a[c] * rs[c] * sdyx[c] * inv_rows;
-    c0[c] = -a[c] * sdy[c] * inv_rows - b[c] * m[c];
+    const double ac = static_cast<double>(weight[c]) * static_cast<double>(rstd[c]);
+    a[c] = static_cast<T>(ac);
+    b[c] = static_cast<T>(-ac * static_cast<double>(rstd[c]) * sdyx[c] * inv_rows);
+    mdy[c] = static_cast<T>(sdy[c] * inv_rows);
   }
+  const T* __restrict ap = a.data();
+  const T* __restrict bp = b.data();
+  const T* __restrict mg = mdy.data();
   for (int64_t r = 0; r < rows; ++r) {
-    const T* dyr = dy + r * C;
+    const T* g = dy + r * C;
     const T* xr = x + r * C;
-    T* dxr = dx + r * C;  // written after dy[r, c] is read: dx may alias dy
-    for (int64_t c = 0; c < C; ++c) {
-      const size_t k = static_cast<size_t>(c);
-      dxr[c] = static_cast<T>(a[k] * static_cast<double>(dyr[c]) + b[k] * static_cast<double>(xr[c]) + c0[k]);
-    }
+    T* d = dx + r * C;  // written after dy[r, c] is read: dx may alias dy
+    for (int64_t c = 0; c < C; ++c) d[c] = ap[c] * (g[c] - mg[c]) + bp[c] * (xr[c] - m[c]);
   }
   for (size_t c = 0; c < nc; ++c) {
     dweight[c] = static_cast<T>(static_cast<double>(dweight[c]) + sdyx[c]);

@@ -37,7 +37,7 @@ constexpr int kMaxBlock = 512;  // block-per-row mode; 128 registers per thread 
 template <typename T, bool WARP>
 __global__ void __launch_bounds__(WARP ? 128 : kMaxBlock)
     cross_entropy_kernel(T* logits, float* losses, const int32_t* __restrict__ targets, int64_t rows, int V, int Vp,
-                         float scale, bool write_grad, int32_t ignore_index, bool vec) {
+                         float scale, bool write_grad, int32_t ignore_index, bool vec, float smoothing) {
   using G = rowwise::Group<WARP>;
   constexpr int N = rowwise::chunk_elems<T>();
   constexpr int K = rowwise::cache_chunks<T>();
@@ -63,7 +63,7 @@ __global__ void __launch_bounds__(WARP ? 128 : kMaxBlock)
   const bool bad_target = target < 0 || target >= V;
 
   float cache[K][N];
-  float m = -INFINITY, s = 0.0f;
+  float m = -INFINITY, s = 0.0f, sx = 0.0f;  // sx: Σ x over the real columns (label smoothing)
   for (int t = 0; t < tiles; ++t) {
 #pragma unroll
     for (int k = 0; k < K; ++k) {
@@ -78,7 +78,10 @@ __global__ void __launch_bounds__(WARP ? 128 : kMaxBlock)
           m = cm;
         }
 #pragma unroll
-        for (int e = 0; e < N; ++e) s += cache[k][e] == -INFINITY ? 0.0f : expf(cache[k][e] - m);
+        for (int e = 0; e < N; ++e) {
+          s += cache[k][e] == -INFINITY ? 0.0f : expf(cache[k][e] - m);
+          sx += j * N + e < V ? cache[k][e] : 0.0f;
+        }
       }
     }
   }
@@ -86,9 +89,12 @@ __global__ void __launch_bounds__(WARP ? 128 : kMaxBlock)
   const float row_sum = G::sum(m == -INFINITY ? s : s * expf(m - row_max));
   const float lse = row_max + logf(row_sum);
   const float inv = 1.0f / row_sum;
+  const float keep = 1.0f - smoothing, eps_v = smoothing / static_cast<float>(V);
+  // ε = 0: skip the reduction; the terms below are then exactly the plain loss's.
+  const float smooth_term = smoothing != 0.0f ? eps_v * G::sum(sx) : 0.0f;
 
   if (!write_grad) {  // nothing is written to logits: reading the target logit directly is safe
-    if (rank == 0) losses[row] = bad_target ? NAN : lse - to_float(lr[target]);
+    if (rank == 0) losses[row] = bad_target ? NAN : lse - keep * to_float(lr[target]) - smooth_term;
     return;
   }
   if (bad_target && rank == 0) losses[row] = NAN;
@@ -104,9 +110,10 @@ __global__ void __launch_bounds__(WARP ? 128 : kMaxBlock)
 #pragma unroll
         for (int e = 0; e < N; ++e) {
           const int c = c0 + e;
-          if (c == target && !bad_target) losses[row] = lse - cache[k][e];  // the target column's one owner
-          const float p = expf(cache[k][e] - row_max) * inv;
-          o[e] = c >= V ? 0.0f : (bad_target ? NAN : scale * (c == target ? p - 1.0f : p));
+          if (c == target && !bad_target)  // the target column's one owner
+            losses[row] = lse - keep * cache[k][e] - smooth_term;
+          const float p = expf(cache[k][e] - row_max) * inv - eps_v;
+          o[e] = c >= V ? 0.0f : (bad_target ? NAN : scale * (c == target ? p - keep : p));
         }
         store_floats(lr, c0, Vp, vec, o);
       }
@@ -116,10 +123,11 @@ __global__ void __launch_bounds__(WARP ? 128 : kMaxBlock)
 
 template <typename T>
 void launch_ce(const char* op, T* logits, float* losses, const int32_t* targets, int64_t rows, int64_t V, int64_t Vp,
-               float scale, bool write_grad, int32_t ignore_index, cudaStream_t stream) {
+               float scale, bool write_grad, int32_t ignore_index, float smoothing, cudaStream_t stream) {
   KILN_CHECK(rows >= 0, op << ": negative row count " << rows);
   KILN_CHECK(V >= 1 && Vp >= V, op << ": need 1 <= V <= Vp, got V = " << V << ", Vp = " << Vp);
   KILN_CHECK(Vp < (int64_t{1} << 30), op << ": vocabulary of " << Vp << " columns is not supported (max 2^30)");
+  KILN_CHECK(smoothing >= 0.0f && smoothing <= 1.0f, op << ": label_smoothing = " << smoothing << " must be in [0, 1]");
   if (rows == 0) return;
   const bool vec = rowwise::rows_aligned(logits, Vp);
   const rowwise::RowPlan p =
@@ -127,38 +135,40 @@ void launch_ce(const char* op, T* logits, float* losses, const int32_t* targets,
   const int v = static_cast<int>(V), vp = static_cast<int>(Vp);
   if (p.warp)
     launch(cross_entropy_kernel<T, true>, dim3(static_cast<unsigned>(p.grid)), dim3(p.block), 0, stream, logits,
-           losses, targets, rows, v, vp, scale, write_grad, ignore_index, vec);
+           losses, targets, rows, v, vp, scale, write_grad, ignore_index, vec, smoothing);
   else
     launch(cross_entropy_kernel<T, false>, dim3(static_cast<unsigned>(p.grid)), dim3(p.block), 0, stream, logits,
-           losses, targets, rows, v, vp, scale, write_grad, ignore_index, vec);
+           losses, targets, rows, v, vp, scale, write_grad, ignore_index, vec, smoothing);
 }
 
 }  // namespace
 
 void cross_entropy_forward_backward(float* logits, float* losses, const int32_t* targets, int64_t rows, int64_t V,
-                                    int64_t Vp, float scale, cudaStream_t stream, int32_t ignore_index) {
+                                    int64_t Vp, float scale, cudaStream_t stream, int32_t ignore_index,
+                                    float label_smoothing) {
   launch_ce("cross_entropy_forward_backward", logits, losses, targets, rows, V, Vp, scale, true, ignore_index,
-            stream);
+            label_smoothing, stream);
 }
 
 void cross_entropy_forward_backward(bf16* logits, float* losses, const int32_t* targets, int64_t rows, int64_t V,
-                                    int64_t Vp, float scale, cudaStream_t stream, int32_t ignore_index) {
+                                    int64_t Vp, float scale, cudaStream_t stream, int32_t ignore_index,
+                                    float label_smoothing) {
   launch_ce("cross_entropy_forward_backward", dev_ptr(logits), losses, targets, rows, V, Vp, scale, true,
-            ignore_index, stream);
+            ignore_index, label_smoothing, stream);
 }
 
 // The forward-only kernel never writes logits; the shared kernel takes a
 // mutable pointer, hence the const_cast.
 void cross_entropy_forward(float* losses, const float* logits, const int32_t* targets, int64_t rows, int64_t V,
-                           int64_t Vp, cudaStream_t stream, int32_t ignore_index) {
+                           int64_t Vp, cudaStream_t stream, int32_t ignore_index, float label_smoothing) {
   launch_ce("cross_entropy_forward", const_cast<float*>(logits), losses, targets, rows, V, Vp, 0.0f, false,
-            ignore_index, stream);
+            ignore_index, label_smoothing, stream);
 }
 
 void cross_entropy_forward(float* losses, const bf16* logits, const int32_t* targets, int64_t rows, int64_t V,
-                           int64_t Vp, cudaStream_t stream, int32_t ignore_index) {
+                           int64_t Vp, cudaStream_t stream, int32_t ignore_index, float label_smoothing) {
   launch_ce("cross_entropy_forward", const_cast<__nv_bfloat16*>(dev_ptr(logits)), losses, targets, rows, V, Vp, 0.0f,
-            false, ignore_index, stream);
+            false, ignore_index, label_smoothing, stream);
 }
 
 }  // namespace kiln

@@ -10,6 +10,12 @@
 //            dlogits[r, c] = scale · (softmax(logits[r, :V])[c] - [c == target[r]]) for c < V,
 //            0 for c in [V, Vp) and for ignored rows.
 //
+// Label smoothing ε (default 0): the target distribution is (1 − ε)·onehot
+// + ε/V uniform over the V real columns, as torch.nn.CrossEntropyLoss's
+// label_smoothing: loss = logsumexp − (1 − ε)·x_target − (ε/V)·Σ_c x_c, and
+// dlogits = scale · (softmax − (1 − ε)·onehot − ε/V). ε = 0 gives the plain
+// loss bit for bit.
+//
 // The reduction is the caller's: for the mean over non-ignored rows pass
 // scale = cross_entropy_mean_scale(cross_entropy_count_valid(...)) and sum
 // `losses` (deterministically) times the same scale. fp32 arithmetic on the
@@ -47,27 +53,30 @@ inline float cross_entropy_mean_scale(int64_t num_valid) {
 /// in place, dlogits scaled by `scale` (see above). Requires 1 <= V <= Vp.
 void cross_entropy_forward_backward(float* logits, float* losses, const int32_t* targets, int64_t rows, int64_t V,
                                     int64_t Vp, float scale, cudaStream_t stream,
-                                    int32_t ignore_index = kIgnoreIndex);
+                                    int32_t ignore_index = kIgnoreIndex, float label_smoothing = 0.0f);
 void cross_entropy_forward_backward(bf16* logits, float* losses, const int32_t* targets, int64_t rows, int64_t V,
                                     int64_t Vp, float scale, cudaStream_t stream,
-                                    int32_t ignore_index = kIgnoreIndex);
+                                    int32_t ignore_index = kIgnoreIndex, float label_smoothing = 0.0f);
 
 /// Forward only (evaluation): losses (rows,); logits are not modified.
 void cross_entropy_forward(float* losses, const float* logits, const int32_t* targets, int64_t rows, int64_t V,
-                           int64_t Vp, cudaStream_t stream, int32_t ignore_index = kIgnoreIndex);
+                           int64_t Vp, cudaStream_t stream, int32_t ignore_index = kIgnoreIndex,
+                           float label_smoothing = 0.0f);
 void cross_entropy_forward(float* losses, const bf16* logits, const int32_t* targets, int64_t rows, int64_t V,
-                           int64_t Vp, cudaStream_t stream, int32_t ignore_index = kIgnoreIndex);
+                           int64_t Vp, cudaStream_t stream, int32_t ignore_index = kIgnoreIndex,
+                           float label_smoothing = 0.0f);
 #endif
 
 /// CPU reference of cross_entropy_forward_backward (T = float or double):
 /// losses (rows,) in T, dlogits in place over logits.
 template <typename T>
 void cross_entropy_forward_backward_cpu(T* logits, T* losses, const int32_t* targets, int64_t rows, int64_t V,
-                                        int64_t Vp, float scale, int32_t ignore_index = kIgnoreIndex);
+                                        int64_t Vp, float scale, int32_t ignore_index = kIgnoreIndex,
+                                        float label_smoothing = 0.0f);
 
 /// CPU reference of cross_entropy_forward.
 template <typename T>
 void cross_entropy_forward_cpu(T* losses, const T* logits, const int32_t* targets, int64_t rows, int64_t V,
-                               int64_t Vp, int32_t ignore_index = kIgnoreIndex);
+                               int64_t Vp, int32_t ignore_index = kIgnoreIndex, float label_smoothing = 0.0f);
 
 }  // namespace kiln

@@ -35,8 +35,9 @@ void row_logsumexp(const T* lr, int64_t V, double* max_out, double* sum_out) {
 
 template <typename T>
 void cross_entropy_forward_backward_cpu(T* logits, T* losses, const int32_t* targets, int64_t rows, int64_t V,
-                                        int64_t Vp, float scale, int32_t ignore_index) {
+                                        int64_t Vp, float scale, int32_t ignore_index, float label_smoothing) {
   check_args("cross_entropy_forward_backward_cpu", rows, V, Vp);
+  const double eps = label_smoothing, keep = 1.0 - eps, eps_v = eps / static_cast<double>(V);
   // Validate every target before touching any logits: bad input must not corrupt.
   for (int64_t r = 0; r < rows; ++r)
     if (targets[r] != ignore_index) check_target("cross_entropy_forward_backward_cpu", r, targets[r], V);
@@ -52,25 +53,27 @@ void cross_entropy_forward_backward_cpu(T* logits, T* losses, const int32_t* tar
     const double xt = static_cast<double>(lr[t]);
     double m = -std::numeric_limits<double>::infinity();
     for (int64_t c = 0; c < V; ++c) m = std::fmax(m, static_cast<double>(lr[c]));
-    double s = 0;
+    double s = 0, sx = 0;
     for (int64_t c = 0; c < V; ++c) {
       const double e = std::exp(static_cast<double>(lr[c]) - m);
       s += e;
+      sx += static_cast<double>(lr[c]);
       lr[c] = static_cast<T>(e);
     }
-    losses[r] = static_cast<T>(m + std::log(s) - xt);
-    const double k = static_cast<double>(scale) / s;
-    for (int64_t c = 0; c < V; ++c) lr[c] = static_cast<T>(static_cast<double>(lr[c]) * k);
+    losses[r] = static_cast<T>(m + std::log(s) - keep * xt - eps_v * sx);
+    const double k = static_cast<double>(scale) / s, shift = eps_v * static_cast<double>(scale);
+    for (int64_t c = 0; c < V; ++c) lr[c] = static_cast<T>(static_cast<double>(lr[c]) * k - shift);
     // p_t - 1 cancels when p_t ≈ 1: recompute it in double rather than from the rounded row.
-    lr[t] = static_cast<T>((std::exp(xt - m) / s - 1.0) * static_cast<double>(scale));
+    lr[t] = static_cast<T>((std::exp(xt - m) / s - keep - eps_v) * static_cast<double>(scale));
     for (int64_t c = V; c < Vp; ++c) lr[c] = 0;
   }
 }
 
 template <typename T>
 void cross_entropy_forward_cpu(T* losses, const T* logits, const int32_t* targets, int64_t rows, int64_t V,
-                               int64_t Vp, int32_t ignore_index) {
+                               int64_t Vp, int32_t ignore_index, float label_smoothing) {
   check_args("cross_entropy_forward_cpu", rows, V, Vp);
+  const double eps = label_smoothing, keep = 1.0 - eps, eps_v = eps / static_cast<double>(V);
   for (int64_t r = 0; r < rows; ++r) {
     const T* lr = logits + r * Vp;  // (Vp,)
     const int32_t t = targets[r];
@@ -81,17 +84,20 @@ void cross_entropy_forward_cpu(T* losses, const T* logits, const int32_t* target
     check_target("cross_entropy_forward_cpu", r, t, V);
     double m, s;
     row_logsumexp(lr, V, &m, &s);
-    losses[r] = static_cast<T>(m + std::log(s) - static_cast<double>(lr[t]));
+    double sx = 0;
+    if (eps != 0.0)
+      for (int64_t c = 0; c < V; ++c) sx += static_cast<double>(lr[c]);
+    losses[r] = static_cast<T>(m + std::log(s) - keep * static_cast<double>(lr[t]) - eps_v * sx);
   }
 }
 
 template void cross_entropy_forward_backward_cpu<float>(float*, float*, const int32_t*, int64_t, int64_t, int64_t,
-                                                        float, int32_t);
+                                                        float, int32_t, float);
 template void cross_entropy_forward_backward_cpu<double>(double*, double*, const int32_t*, int64_t, int64_t, int64_t,
-                                                         float, int32_t);
+                                                         float, int32_t, float);
 template void cross_entropy_forward_cpu<float>(float*, const float*, const int32_t*, int64_t, int64_t, int64_t,
-                                               int32_t);
+                                               int32_t, float);
 template void cross_entropy_forward_cpu<double>(double*, const double*, const int32_t*, int64_t, int64_t, int64_t,
-                                                int32_t);
+                                                int32_t, float);
 
 }  // namespace kiln

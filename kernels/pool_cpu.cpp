@@ -1,6 +1,9 @@
 // CPU references for pooling over NHWC images (see pool.h). Loops run with
 // the channel innermost (contiguous), so each window step is a vector
-// operation over C; sums are in double.
+// operation over C. Sums are in T and in the CUDA kernels' order (window
+// order forward, output order backward), so fp32 results equal the GPU's bit
+// for bit; T = double serves the finite-difference checks.
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -31,12 +34,14 @@ template <typename T>
 void maxpool2d_forward_cpu(T* y, int32_t* argmax, const T* x, const PoolShape& s) {
   check_pool_shape(s, "maxpool2d_forward_cpu");
   const int64_t P = s.out_h(), Q = s.out_w(), C = s.c;
-  std::vector<T> best(static_cast<size_t>(C));
-  std::vector<int32_t> arg(static_cast<size_t>(C));
+  std::vector<int32_t> arg_buf(argmax ? 0 : static_cast<size_t>(C));
   for (int64_t n = 0; n < s.n; ++n) {
     const T* xn = x + n * s.h * s.w * C;  // (H, W, C)
     for (int64_t p = 0; p < P; ++p)
       for (int64_t q = 0; q < Q; ++q) {
+        const int64_t o = ((n * P + p) * Q + q) * C;
+        T* __restrict best = y + o;
+        int32_t* __restrict arg = argmax ? argmax + o : arg_buf.data();
         bool first = true;
         for (int64_t r = 0; r < s.kh; ++r) {
           const int64_t ih = p * s.sh - s.ph + r;
@@ -44,79 +49,71 @@ void maxpool2d_forward_cpu(T* y, int32_t* argmax, const T* x, const PoolShape& s
           for (int64_t t = 0; t < s.kw; ++t) {
             const int64_t iw = q * s.sw - s.pw + t;
             if (iw < 0 || iw >= s.w) continue;
-            const T* px = xn + (ih * s.w + iw) * C;
+            const T* __restrict px = xn + (ih * s.w + iw) * C;
             const int32_t idx = static_cast<int32_t>(ih * s.w + iw);
-            for (int64_t c = 0; c < C; ++c) {
-              const T v = px[c];
-              // The first pixel seeds the max; later ones win when larger or NaN (PyTorch's rule).
-              if (first || v > best[c] || std::isnan(v)) {
-                best[c] = v;
+            if (first) {  // the window's first pixel seeds the max
+              for (int64_t c = 0; c < C; ++c) {
+                best[c] = px[c];
                 arg[c] = idx;
               }
+              first = false;
+              continue;
             }
-            first = false;
+            // Later pixels win when larger or NaN (PyTorch's rule: v != v is NaN).
+            for (int64_t c = 0; c < C; ++c) {
+              const T v = px[c];
+              const bool take = v > best[c] || v != v;
+              best[c] = take ? v : best[c];
+              arg[c] = take ? idx : arg[c];
+            }
           }
-        }
-        const int64_t o = ((n * P + p) * Q + q) * C;
-        for (int64_t c = 0; c < C; ++c) {
-          y[o + c] = best[c];
-          if (argmax) argmax[o + c] = arg[c];
         }
       }
   }
 }
 
+// The backwards scatter each output's gradient into its window in output
+// order (p, q): every dx element then receives its terms in the same order
+// as the CUDA gather, starting from 0, so float results match it bit for bit.
 template <typename T>
 void maxpool2d_backward_cpu(T* dx, const T* dy, const int32_t* argmax, const PoolShape& s) {
   check_pool_shape(s, "maxpool2d_backward_cpu");
-  const int64_t P = s.out_h(), Q = s.out_w(), C = s.c;
-  std::vector<double> acc(static_cast<size_t>(C));
-  for (int64_t n = 0; n < s.n; ++n)
-    for (int64_t h = 0; h < s.h; ++h) {
-      int64_t p0, p1;
-      pool::windows_containing(h, s.kh, s.sh, s.ph, P, &p0, &p1);
-      for (int64_t w = 0; w < s.w; ++w) {
-        int64_t q0, q1;
-        pool::windows_containing(w, s.kw, s.sw, s.pw, Q, &q0, &q1);
-        const int32_t me = static_cast<int32_t>(h * s.w + w);
-        std::fill(acc.begin(), acc.end(), 0.0);
-        for (int64_t p = p0; p <= p1; ++p)
-          for (int64_t q = q0; q <= q1; ++q) {
-            const int64_t o = ((n * P + p) * Q + q) * C;
-            for (int64_t c = 0; c < C; ++c)
-              if (argmax[o + c] == me) acc[c] += static_cast<double>(dy[o + c]);
-          }
-        T* d = dx + ((n * s.h + h) * s.w + w) * C;
-        for (int64_t c = 0; c < C; ++c) d[c] = static_cast<T>(acc[c]);
-      }
+  const int64_t P = s.out_h(), Q = s.out_w(), C = s.c, plane = s.h * s.w * C;
+  std::fill(dx, dx + s.x_numel(), T(0));
+  for (int64_t n = 0; n < s.n; ++n) {
+    T* __restrict dxn = dx + n * plane;
+    for (int64_t pq = 0; pq < P * Q; ++pq) {
+      const int64_t o = (n * P * Q + pq) * C;
+      const int32_t* __restrict arg = argmax + o;
+      const T* __restrict g = dy + o;
+      for (int64_t c = 0; c < C; ++c) dxn[arg[c] * C + c] += g[c];
     }
+  }
 }
 
 template <typename T>
 void avgpool2d_forward_cpu(T* y, const T* x, const PoolShape& s, bool count_include_pad) {
   check_pool_shape(s, "avgpool2d_forward_cpu");
   const int64_t P = s.out_h(), Q = s.out_w(), C = s.c;
-  std::vector<double> acc(static_cast<size_t>(C));
   for (int64_t n = 0; n < s.n; ++n) {
     const T* xn = x + n * s.h * s.w * C;
     for (int64_t p = 0; p < P; ++p)
       for (int64_t q = 0; q < Q; ++q) {
-        std::fill(acc.begin(), acc.end(), 0.0);
+        T* __restrict acc = y + ((n * P + p) * Q + q) * C;
+        std::fill(acc, acc + C, T(0));
         for (int64_t r = 0; r < s.kh; ++r) {
           const int64_t ih = p * s.sh - s.ph + r;
           if (ih < 0 || ih >= s.h) continue;
           for (int64_t t = 0; t < s.kw; ++t) {
             const int64_t iw = q * s.sw - s.pw + t;
             if (iw < 0 || iw >= s.w) continue;
-            const T* px = xn + (ih * s.w + iw) * C;
-            for (int64_t c = 0; c < C; ++c) acc[c] += static_cast<double>(px[c]);
+            const T* __restrict px = xn + (ih * s.w + iw) * C;
+            for (int64_t c = 0; c < C; ++c) acc[c] += px[c];
           }
         }
-        const double inv =
-            1.0 / static_cast<double>(pool::avg_divisor(p, q, s.h, s.w, s.kh, s.kw, s.sh, s.sw, s.ph, s.pw,
-                                                        count_include_pad));
-        T* o = y + ((n * P + p) * Q + q) * C;
-        for (int64_t c = 0; c < C; ++c) o[c] = static_cast<T>(acc[c] * inv);
+        const T div = static_cast<T>(
+            pool::avg_divisor(p, q, s.h, s.w, s.kh, s.kw, s.sh, s.sw, s.ph, s.pw, count_include_pad));
+        for (int64_t c = 0; c < C; ++c) acc[c] = acc[c] / div;
       }
   }
 }
@@ -125,51 +122,50 @@ template <typename T>
 void avgpool2d_backward_cpu(T* dx, const T* dy, const PoolShape& s, bool count_include_pad) {
   check_pool_shape(s, "avgpool2d_backward_cpu");
   const int64_t P = s.out_h(), Q = s.out_w(), C = s.c;
-  std::vector<double> acc(static_cast<size_t>(C));
-  for (int64_t n = 0; n < s.n; ++n)
-    for (int64_t h = 0; h < s.h; ++h) {
-      int64_t p0, p1;
-      pool::windows_containing(h, s.kh, s.sh, s.ph, P, &p0, &p1);
-      for (int64_t w = 0; w < s.w; ++w) {
-        int64_t q0, q1;
-        pool::windows_containing(w, s.kw, s.sw, s.pw, Q, &q0, &q1);
-        std::fill(acc.begin(), acc.end(), 0.0);
-        for (int64_t p = p0; p <= p1; ++p)
-          for (int64_t q = q0; q <= q1; ++q) {
-            const double inv =
-                1.0 / static_cast<double>(pool::avg_divisor(p, q, s.h, s.w, s.kh, s.kw, s.sh, s.sw, s.ph, s.pw,
-                                                            count_include_pad));
-            const T* g = dy + ((n * P + p) * Q + q) * C;
-            for (int64_t c = 0; c < C; ++c) acc[c] += static_cast<double>(g[c]) * inv;
+  std::fill(dx, dx + s.x_numel(), T(0));
+  for (int64_t n = 0; n < s.n; ++n) {
+    T* dxn = dx + n * s.h * s.w * C;
+    for (int64_t p = 0; p < P; ++p)
+      for (int64_t q = 0; q < Q; ++q) {
+        const T div = static_cast<T>(
+            pool::avg_divisor(p, q, s.h, s.w, s.kh, s.kw, s.sh, s.sw, s.ph, s.pw, count_include_pad));
+        const T* __restrict g = dy + ((n * P + p) * Q + q) * C;
+        for (int64_t r = 0; r < s.kh; ++r) {
+          const int64_t ih = p * s.sh - s.ph + r;
+          if (ih < 0 || ih >= s.h) continue;
+          for (int64_t t = 0; t < s.kw; ++t) {
+            const int64_t iw = q * s.sw - s.pw + t;
+            if (iw < 0 || iw >= s.w) continue;
+            T* __restrict d = dxn + (ih * s.w + iw) * C;
+            for (int64_t c = 0; c < C; ++c) d[c] += g[c] / div;
           }
-        T* d = dx + ((n * s.h + h) * s.w + w) * C;
-        for (int64_t c = 0; c < C; ++c) d[c] = static_cast<T>(acc[c]);
+        }
       }
-    }
+  }
 }
 
 template <typename T>
 void global_avgpool_forward_cpu(T* y, const T* x, int64_t n, int64_t hw, int64_t c) {
   KILN_CHECK(n >= 0 && hw >= 1 && c >= 0, "global_avgpool_forward_cpu: bad shape (" << n << ", " << hw << ", " << c << ")");
-  std::vector<double> acc(static_cast<size_t>(c));
-  const double inv = 1.0 / static_cast<double>(hw);
+  const T div = static_cast<T>(hw);
   for (int64_t i = 0; i < n; ++i) {
-    std::fill(acc.begin(), acc.end(), 0.0);
+    T* __restrict acc = y + i * c;
+    std::fill(acc, acc + c, T(0));
     for (int64_t p = 0; p < hw; ++p) {
-      const T* px = x + (i * hw + p) * c;
-      for (int64_t k = 0; k < c; ++k) acc[k] += static_cast<double>(px[k]);
+      const T* __restrict px = x + (i * hw + p) * c;
+      for (int64_t k = 0; k < c; ++k) acc[k] += px[k];
     }
-    for (int64_t k = 0; k < c; ++k) y[i * c + k] = static_cast<T>(acc[k] * inv);
+    for (int64_t k = 0; k < c; ++k) acc[k] = acc[k] / div;
   }
 }
 
 template <typename T>
 void global_avgpool_backward_cpu(T* dx, const T* dy, int64_t n, int64_t hw, int64_t c) {
   KILN_CHECK(n >= 0 && hw >= 1 && c >= 0, "global_avgpool_backward_cpu: bad shape (" << n << ", " << hw << ", " << c << ")");
-  const double inv = 1.0 / static_cast<double>(hw);
+  const T div = static_cast<T>(hw);
   for (int64_t i = 0; i < n; ++i)
     for (int64_t p = 0; p < hw; ++p)
-      for (int64_t k = 0; k < c; ++k) dx[(i * hw + p) * c + k] = static_cast<T>(static_cast<double>(dy[i * c + k]) * inv);
+      for (int64_t k = 0; k < c; ++k) dx[(i * hw + p) * c + k] = dy[i * c + k] / div;
 }
 
 #define KILN_POOL_CPU(T)                                                                            \

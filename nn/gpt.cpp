@@ -3,87 +3,18 @@
 #include <algorithm>
 #include <cmath>
 #include <sstream>
+#include <tuple>
 
-#include "kernels/activation.h"
-#include "runtime/dispatch.h"
 #include "runtime/blas.h"
 #include "runtime/philox.h"
+#include "runtime/stream.h"
 
 namespace kiln::nn {
-
-namespace {
-
-Tensor add(const Tensor& a, const Tensor& b) {
-  check_same(a, b, "residual add");
-  Tensor out = Tensor::empty(a.shape(), a.dtype(), a.device(), "residual");
-  const int64_t n = a.numel();
-  dispatch(
-      a, [&](auto tag) { using F = decltype(tag); residual_add_cpu<F>(out.data<F>(), a.data<F>(), b.data<F>(), n); },
-      [&](auto tag, cudaStream_t s) { using F = decltype(tag); residual_add(out.data<F>(), a.data<F>(), b.data<F>(), n, s); });
-  return out;
-}
-
-}  // namespace
-
-// --- GptMlp --------------------------------------------------------------------------
-
-GptMlp::GptMlp(int64_t C, bool bias, float dropout, std::shared_ptr<RngStream> rng, uint64_t seed)
-    : c_fc_(C, 4 * C, bias, seed, 0),
-      c_proj_(4 * C, C, bias, seed, static_cast<uint64_t>(4 * C * C + 4 * C)),
-      drop_(dropout, std::move(rng)) {
-  register_module("c_fc", &c_fc_);
-  register_module("act", &act_);
-  register_module("c_proj", &c_proj_);
-  register_module("dropout", &drop_);
-}
-
-std::string GptMlp::describe() const {
-  std::ostringstream os;
-  os << "GptMlp(" << c_fc_.in_features() << " -> " << c_fc_.out_features() << " -> " << c_proj_.out_features() << ")";
-  return os.str();
-}
-
-// (B, T, C) -> (B, T, 4C) -> GELU -> (B, T, C)
-Tensor GptMlp::forward(const Tensor& x) { return drop_.forward(c_proj_.forward(act_.forward(c_fc_.forward(x)))); }
-
-Tensor GptMlp::backward(const Tensor& dy) {
-  return c_fc_.backward(act_.backward(c_proj_.backward(drop_.backward(dy))));
-}
 
 // --- GptBlock ------------------------------------------------------------------------
 
 GptBlock::GptBlock(const GptOptions& o, std::shared_ptr<RngStream> rng)
-    : ln_1_(o.n_embd, o.bias),
-      attn_(o.n_embd, o.n_head, o.bias, o.dropout, rng, o.seed),
-      ln_2_(o.n_embd, o.bias),
-      mlp_(o.n_embd, o.bias, o.dropout, rng, o.seed) {
-  register_module("ln_1", &ln_1_);
-  register_module("attn", &attn_);
-  register_module("ln_2", &ln_2_);
-  register_module("mlp", &mlp_);
-}
-
-std::pair<Tensor, Tensor> GptBlock::forward_branches(const Tensor& r_in, const Tensor& y1, bool cached,
-                                                     int64_t pos0) {
-  Tensor a = cached ? attn_.forward_cached(y1, pos0) : attn_.forward(y1);  // (B, T, C)
-  auto [r_mid, y2] = ln_2_.forward_residual(r_in, a);                     // r_mid = r_in + a, y2 = ln_2(r_mid)
-  Tensor m = mlp_.forward(y2);                                            // (B, T, C)
-  return {r_mid, m};
-}
-
-Tensor GptBlock::forward(const Tensor& r_in) {
-  Tensor y1 = ln_1_.forward(r_in);
-  auto [r_mid, m] = forward_branches(r_in, y1);
-  return add(r_mid, m);
-}
-
-Tensor GptBlock::backward(const Tensor& dr_out) {
-  // r_out = r_mid + m: both get dr_out. r_mid = r_in + a: both get dr_mid.
-  Tensor dy2 = mlp_.backward(dr_out);
-  Tensor dr_mid = ln_2_.backward(dy2, dr_out);  // through ln_2, plus the residual path
-  Tensor dy1 = attn_.backward(dr_mid);
-  return ln_1_.backward(dy1, dr_mid);
-}
+    : TransformerBlock(o.n_embd, o.n_head, 4 * o.n_embd, /*causal=*/true, o.dropout, o.bias, std::move(rng), o.seed) {}
 
 // --- Gpt -----------------------------------------------------------------------------
 

@@ -5,8 +5,9 @@
 //   for each block:  r = r + attn(ln_1(r));  r = r + mlp(ln_2(r))
 //   logits = ln_f(r) · wteᵀ                                 (B, T, Vp), tied head
 //
-// pre-LayerNorm blocks, causal self-attention on the fused kernel, a 4× GELU
-// (tanh) MLP, a final LayerNorm and an LM head that shares the token table.
+// pre-LayerNorm blocks (nn/transformer.h, shared with the ViT), causal
+// self-attention on the fused kernel, a 4× GELU (tanh) MLP, a final LayerNorm
+// and an LM head that shares the token table.
 //
 // Layout choices:
 //  - The vocabulary V is padded to Vp, a multiple of 128 (50257 -> 50304), so
@@ -34,12 +35,11 @@
 #include <vector>
 
 #include "nn/activation.h"
-#include "nn/attention.h"
 #include "nn/embedding.h"
 #include "nn/layernorm.h"
-#include "nn/linear.h"
 #include "nn/module.h"
 #include "nn/rng.h"
+#include "nn/transformer.h"
 
 namespace kiln::nn {
 
@@ -57,52 +57,15 @@ struct GptOptions {
 /// V rounded up to a multiple of `multiple` (GPT-2: 50257 -> 50304).
 inline int64_t padded_vocab_size(int64_t V, int64_t multiple = 128) { return (V + multiple - 1) / multiple * multiple; }
 
-/// The MLP of a block: c_fc (C -> 4C), GELU (tanh), c_proj (4C -> C), dropout.
-class GptMlp : public Module {
- public:
-  GptMlp(int64_t C, bool bias, float dropout, std::shared_ptr<RngStream> rng, uint64_t seed);
-  Tensor forward(const Tensor& x) override;   // (B, T, C) -> (B, T, C)
-  Tensor backward(const Tensor& dy) override;
-  std::string describe() const override;
-  Linear& c_fc() { return c_fc_; }
-  Linear& c_proj() { return c_proj_; }
+/// GPT-2's MLP: the shared transformer MLP with hidden width 4C.
+using GptMlp = TransformerMlp;
 
- private:
-  Linear c_fc_;
-  GELU act_;
-  Linear c_proj_;
-  Dropout drop_;
-};
-
-/// One pre-LN transformer block: children ln_1, attn, ln_2, mlp.
-class GptBlock : public Module {
+/// One GPT-2 block: the shared pre-LN TransformerBlock, causal, with an MLP of
+/// 4·n_embd and GPT-2's options (children ln_1, attn, ln_2, mlp).
+class GptBlock : public TransformerBlock {
  public:
   GptBlock(const GptOptions& o, std::shared_ptr<RngStream> rng);
-
-  /// r_in (B, T, C) -> r_out = r_mid + mlp(ln_2(r_mid)), r_mid = r_in + attn(ln_1(r_in)).
-  Tensor forward(const Tensor& r_in) override;
-  /// dL/dr_out -> dL/dr_in. Also the backward of the fused form below.
-  Tensor backward(const Tensor& dr_out) override;
   std::string describe() const override { return "GptBlock"; }
-
-  /// The fused form the GPT runs: y1 = ln_1(r_in) was computed by the caller
-  /// (fused with the previous residual add). Returns (r_mid, m): the residual
-  /// after attention and the MLP branch's output, whose sum the caller fuses
-  /// into the next LayerNorm. With `cached`, attention runs forward_cached at
-  /// position pos0 (decoding).
-  std::pair<Tensor, Tensor> forward_branches(const Tensor& r_in, const Tensor& y1, bool cached = false,
-                                             int64_t pos0 = 0);
-
-  LayerNorm& ln_1() { return ln_1_; }
-  LayerNorm& ln_2() { return ln_2_; }
-  CausalSelfAttention& attn() { return attn_; }
-  GptMlp& mlp() { return mlp_; }
-
- private:
-  LayerNorm ln_1_;
-  CausalSelfAttention attn_;
-  LayerNorm ln_2_;
-  GptMlp mlp_;
 };
 
 struct GenerateOptions {

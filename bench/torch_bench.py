@@ -345,6 +345,8 @@ def attention(ctx):
         T = 128 if ctx.quick else 256
         for causal in (False, True):
             _attention_rows(ctx, 1, T, 4, 64, causal, "f32", t.float32, (("eager", contextlib.nullcontext),))
+        _attention_docs(ctx, t.float32, "f32", 512 if ctx.quick else 1024, 16, 256, 512, ((4, 64),),
+                        (("eager", contextlib.nullcontext),), None)
         return
     from torch.nn.attention import SDPBackend, sdpa_kernel
     impls = (("flash", lambda: sdpa_kernel(SDPBackend.FLASH_ATTENTION)),
@@ -356,7 +358,138 @@ def attention(ctx):
             for T in Ts:
                 _attention_rows(ctx, tokens // T, T, width // D, D, causal, "bf16", t.bfloat16, impls)
                 t.cuda.empty_cache()
+    # Packed documents: SDPA with a block-diagonal boolean mask can only use
+    # the backends that take arbitrary masks (memory-efficient, cuDNN); the
+    # flash-attn package's varlen kernel, if installed, runs the documents
+    # without any mask at all (impl "varlen").
+    masked = (("efficient", lambda: sdpa_kernel(SDPBackend.EFFICIENT_ATTENTION)),
+              ("cudnn", lambda: sdpa_kernel(SDPBackend.CUDNN_ATTENTION)))
+    _attention_docs(ctx, t.bfloat16, "bf16", 16384, 32, 2048, 4096, ((32, 64), (16, 128)), impls, masked)
+    # A small ViT's attention: 49 patches + class token, 4 heads of 16.
+    B = 256 if ctx.quick else 1024
+    _attention_rows(ctx, B, 50, 4, 16, False, "bf16", t.bfloat16, impls)
 
+
+# --- packed documents (attention_bench.cpp's make_docs / doc_layouts) -----------------
+# The same documents as kiln's entry (same LCG, same first-fit packing), three
+# ways: "packed" (rows of T with a document mask), "nomask" (the same rows,
+# dense), "padded" (one document per row, padded to the longest). Every row
+# counts the same useful FLOPs, sum over documents of 4·H·D·L² (halved when
+# causal). This part has never been run on a GPU.
+
+def _make_docs(tokens, lo, hi, T):
+    x, lengths, total = 0x5EED, [], 0
+    while total < tokens:
+        x = (x * 6364136223846793005 + 1442695040888963407) & 0xFFFFFFFFFFFFFFFF
+        n = lo + (x >> 33) % (hi - lo)
+        lengths.append(n)
+        total += n
+    rows, room = [], []
+    for n in lengths:
+        r = next((i for i, left in enumerate(room) if left >= n), None)
+        if r is None:
+            rows.append([])
+            room.append(T)
+            r = len(rows) - 1
+        room[r] -= n
+        rows[r].append(n)
+    return lengths, rows, total
+
+
+def _docs_shape(lengths, tokens, B, T, H, D, causal, tag, mode):
+    return (f"docs{len(lengths)} tokens{tokens} B{B} T{T} H{H} D{D} "
+            f"{'causal' if causal else 'full'} {tag} {mode}")
+
+
+def _doc_mask(t, rows, T, causal, device):
+    """(B, 1, T, T) boolean, True where a query may attend: same document (the
+    padded tail of a row is a document of its own) and, if causal, not later."""
+    seg = t.empty(len(rows), T, dtype=t.int32)
+    for b, row in enumerate(rows):
+        pos = 0
+        for i, n in enumerate(row):
+            seg[b, pos:pos + n] = i
+            pos += n
+        seg[b, pos:] = len(row)
+    seg = seg.to(device)
+    m = seg[:, :, None] == seg[:, None, :]
+    if causal:
+        m &= t.ones(T, T, dtype=t.bool, device=device).tril()
+    return m[:, None]
+
+
+def _sdpa_masked(t, q, k, v, mask):
+    F = t.nn.functional
+    if hasattr(F, "scaled_dot_product_attention"):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    s = q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5
+    return t.softmax(s.masked_fill(~mask, float("-inf")), dim=-1) @ v
+
+
+def _time_fwd_bwd(ctx, shape, impl, B, T, H, D, dtype, flops, fwd):
+    """Times fwd(q, k, v) and its backward on (B, H, T, D) views of (B, T, H, D)."""
+    t = ctx.torch
+    s = t.finfo(dtype).bits // 8
+    n = B * T * H * D
+    q, k, v, dout = (ctx.randn(B, T, H, D, dtype=dtype).transpose(1, 2) for _ in range(4))
+    ms = ctx.time(lambda: fwd(q, k, v))
+    ctx.report("attention_forward", shape, ms, impl, 4.0 * n * s + 4.0 * B * H * T, flops)
+    qg, kg, vg = (x.detach().requires_grad_() for x in (q, k, v))
+    out = fwd(qg, kg, vg)
+    ms = ctx.time(lambda: t.autograd.grad(out, (qg, kg, vg), dout, retain_graph=True))
+    ctx.report("attention_backward", shape, ms, impl, 8.0 * n * s + 12.0 * B * H * T, 2.5 * flops)
+
+
+def _attention_docs(ctx, dtype, tag, tokens, lo, hi, T, heads, impls, masked_impls):
+    t = ctx.torch
+    lengths, rows, total = _make_docs(tokens, lo, hi, T)
+    P, N, Tmax = len(rows), len(lengths), max(lengths)
+    for H, D in heads:
+        for causal in (True, False):
+            flops = sum(4.0 * H * D * n * n for n in lengths) / (2 if causal else 1)
+            layouts = (("packed", P, T), ("nomask", P, T), ("padded", N, Tmax))
+            for mode, B, TT in layouts:
+                shape = _docs_shape(lengths, total, B, TT, H, D, causal, tag, mode)
+                if mode == "packed":
+                    mask = _doc_mask(t, rows, T, causal, ctx.backend)
+                    fwd = lambda q, k, v: _sdpa_masked(t, q, k, v, mask)  # noqa: E731
+                    candidates = masked_impls or impls
+                else:
+                    fwd = lambda q, k, v: _sdpa(t, q, k, v, causal)  # noqa: E731
+                    candidates = impls
+                for impl, backends in candidates:
+                    try:
+                        with backends():
+                            _time_fwd_bwd(ctx, shape, impl, B, TT, H, D, dtype, flops, fwd)
+                    except RuntimeError as e:
+                        print(f"torch_bench: attention {impl} {shape}: {e}", file=sys.stderr)
+                if mode == "packed" and not ctx.cpu:
+                    _attention_varlen(ctx, shape, lengths, H, D, causal, flops)
+                if not ctx.cpu:
+                    t.cuda.empty_cache()
+
+
+def _attention_varlen(ctx, shape, lengths, H, D, causal, flops):
+    """flash-attn's varlen kernel on the documents themselves (no padding, no
+    mask), when the package is installed."""
+    try:
+        from flash_attn import flash_attn_varlen_func
+    except ImportError:
+        return
+    import itertools
+    t = ctx.torch
+    total = sum(lengths)
+    cu = t.tensor([0] + list(itertools.accumulate(lengths)), dtype=t.int32, device="cuda")
+    q, k, v, dout = (ctx.randn(total, H, D, dtype=t.bfloat16) for _ in range(4))
+    fwd = lambda q, k, v: flash_attn_varlen_func(q, k, v, cu, cu, max(lengths), max(lengths),  # noqa: E731
+                                                 causal=causal)
+    n = total * H * D
+    ms = ctx.time(lambda: fwd(q, k, v))
+    ctx.report("attention_forward", shape, ms, "varlen", 4.0 * n * 2, flops)
+    qg, kg, vg = (x.detach().requires_grad_() for x in (q, k, v))
+    out = fwd(qg, kg, vg)
+    ms = ctx.time(lambda: t.autograd.grad(out, (qg, kg, vg), dout, retain_graph=True))
+    ctx.report("attention_backward", shape, ms, "varlen", 8.0 * n * 2, 2.5 * flops)
 
 
 # --- layernorm / softmax / cross-entropy ----------------------------------------------

@@ -25,8 +25,8 @@
 //             the CPU references (which check it), a device pointer for the
 //             CUDA launchers (which rely on it).
 //
-// CUDA (kernels/attention.cu, kernels/attention_backward.cu): head dims 32, 64
-// and 128, any T >= 1. bf16 inputs and outputs use tensor cores (mma.sync
+// CUDA (kernels/attention.cu, kernels/attention_backward.cu): head dims 16,
+// 32, 64 and 128, any T >= 1. bf16 inputs and outputs use tensor cores (mma.sync
 // m16n8k16, ldmatrix) with fp32 accumulation and an online softmax; the T×T
 // matrix is never materialized. Backward recomputes P from Q, K and LSE, runs
 // a small pre-kernel for delta_i = rowsum(dO ⊙ O), accumulates dK/dV per key
@@ -34,10 +34,12 @@
 // per query block: deterministic, no atomics. The fp32 overloads are simple
 // one-warp-per-row kernels (correct, not fast). bf16 pointers must be 16-byte
 // aligned and stride a multiple of 8 (true for cudaMalloc'd buffers and the
-// fused-QKV offsets, since C = H·D is a multiple of 32).
-//
-// Interim: the CPU references take segment ids; the CUDA launchers still
-// reject them (KILN_CHECK) until the kernels' tile skipping lands.
+// fused-QKV offsets, since C = H·D is a multiple of 16).
+// Masks: every kernel loops only over the tiles that hold a visible pair
+// (the diagonal bound when causal; two binary searches over the segment ids
+// per block when packed), and tiles visible as a whole skip the per-element
+// mask; a packed batch costs about Σ L² over its examples instead of T² per
+// row.
 //
 // Status: the CUDA code compiles warning-free for sm_90a (no spills) but has
 // not yet run on a GPU. Its source does run, in CPU-only builds, under a host
@@ -61,7 +63,9 @@ inline size_t attention_backward_workspace_floats(int B, int T, int H) {
 
 #if KILN_WITH_CUDA
 /// Forward. out (B, T, H, D) contiguous; lse (B, H, T) fp32; q/k/v (B, T, H, D)
-/// with row stride `stride` (see the layout above). D ∈ {32, 64, 128}.
+/// with row stride `stride` (see the layout above). D ∈ {16, 32, 64, 128}.
+/// mask.segment_ids, if set, is a device pointer to (B, T) int32 ids,
+/// non-decreasing along each row (not checked here: see attention_mask.h).
 void attention_forward(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v, int B, int T, int H,
                        int D, int64_t stride, float scale, const AttentionMask& mask, cudaStream_t stream);
 void attention_forward(float* out, float* lse, const float* q, const float* k, const float* v, int B, int T,
@@ -70,6 +74,7 @@ void attention_forward(float* out, float* lse, const float* q, const float* k, c
 /// Backward. Writes dq/dk/dv (same layout and stride as q/k/v) from dout and
 /// out (B, T, H, D) contiguous and the forward's lse (B, H, T).
 /// `workspace` holds attention_backward_workspace_floats(B, T, H) floats.
+/// `mask` must be the forward's (same causal flag and segment ids).
 void attention_backward(bf16* dq, bf16* dk, bf16* dv, float* workspace, const bf16* dout, const bf16* q,
                         const bf16* k, const bf16* v, const bf16* out, const float* lse, int B, int T, int H,
                         int D, int64_t stride, float scale, const AttentionMask& mask, cudaStream_t stream);

@@ -135,6 +135,27 @@ __device__ __forceinline__ void load_tile(bf16_t* s, const bf16_t* g, int64_t st
   }
 }
 
+/// The scalar fp32 kernels spread a D-wide row over a warp: lane l holds
+/// elements l, l + 32, ...; with D = 16 lanes 16..31 hold none.
+template <int D>
+constexpr int elems_per_lane() {
+  return (D + 31) / 32;
+}
+template <int D>
+__device__ __forceinline__ bool lane_has_elem(int lane, int r) {
+  return D % 32 == 0 || lane + 32 * r < D;
+}
+
+/// Segment id of token t of a row's ids `seg_row` (nullptr: every token 0).
+__device__ __forceinline__ int32_t seg_at(const int32_t* seg_row, int t) { return seg_row ? seg_row[t] : 0; }
+
+/// Copies the ids of rows [row0, row0 + ROWS) into shared memory (0 past T
+/// or without ids; rows past T are masked by their index anyway).
+template <int ROWS>
+__device__ __forceinline__ void load_segments(int32_t* s, const int32_t* seg_row, int row0, int T) {
+  for (int r = threadIdx.x; r < ROWS; r += kThreads) s[r] = (seg_row && row0 + r < T) ? seg_row[row0 + r] : 0;
+}
+
 /// Sum over the 32 lanes; every lane gets the same bits (xor butterflies add
 /// the same pairs in the same order, and float addition is commutative).
 __device__ __forceinline__ float warp_sum(float x) {
@@ -159,7 +180,8 @@ namespace detail {
 
 /// Launcher-side checks shared by forward and backward.
 inline void check_attention_args(const char* who, int B, int T, int H, int D, int64_t stride) {
-  KILN_CHECK(D == 32 || D == 64 || D == 128, who << ": head dim " << D << " is not supported (32, 64 or 128)");
+  KILN_CHECK(D == 16 || D == 32 || D == 64 || D == 128,
+             who << ": head dim " << D << " is not supported (16, 32, 64 or 128)");
   KILN_CHECK(B >= 0 && T >= 0 && H >= 0, who << ": bad shape B=" << B << " T=" << T << " H=" << H);
   KILN_CHECK(B <= 65535 && H <= 65535, who << ": B=" << B << " and H=" << H << " must be at most 65535 (grid)");
   KILN_CHECK(stride >= static_cast<int64_t>(H) * D,

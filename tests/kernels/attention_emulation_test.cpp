@@ -2,13 +2,16 @@
 // kernels/attention_backward.cu, tensor-core bf16 and scalar fp32 paths),
 // compiled for the host and run under tests/kernels/cuda_host_emulation.h,
 // against the fp64 CPU reference with the same criteria as the GPU tests.
-// This exercises the tiling, fragment layouts, masking, online softmax and
-// the launchers on machines without a GPU; it says nothing about speed,
+// This exercises the tiling, fragment layouts, masking (causal,
+// bidirectional, packed segments, head dims 16 to 128), the skipping of
+// fully masked tiles (counted), online softmax and the launchers on machines
+// without a GPU; it says nothing about speed,
 // registers or races a real GPU could expose (see the emulator's notes).
 // Only in CPU-only builds: with CUDA on, the same names come from the real
 // library and attention_test.cpp runs the kernels on the device instead.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstring>
 #include <limits>
 #include <string>
@@ -44,6 +47,7 @@ template <>
 std::vector<bf16> to_storage<bf16>(const std::vector<float>& v) {
   return test::to_bf16(v);
 }
+std::vector<float> to_f32(const std::vector<float>& v) { return v; }
 std::vector<float> to_f32(const std::vector<bf16>& v) { return test::from_bf16(v); }
 
 // NaN in every element, so anything the kernels fail to write shows.
@@ -54,19 +58,15 @@ std::vector<F> poisoned(size_t n) {
   return v;
 }
 
-template <typename F>
-struct EmuRun {
-  std::vector<F> out, dq, dk, dv;
-  std::vector<float> lse;
-};
-
 // Forward + backward through the launchers, separate (stride C) or fused
-// (B, T, 3·C) q/k/v and dq/dk/dv buffers.
+// (B, T, 3·C) q/k/v and dq/dk/dv buffers; results as floats. The emulated
+// "device" is the host, so the mask's segment ids are the shape's own.
 template <typename F>
-EmuRun<F> run_emulated(const Shape& s, float scale, const Inputs& in, bool fused) {
+Result run_emulated(const Shape& s, float scale, const Inputs& in, bool fused) {
   const int64_t C = C_of(s), stride = fused ? 3 * C : C;
-  EmuRun<F> r;
-  r.out = poisoned<F>(bhd_size(s));
+  const AttentionMask mask = mask_of(s);
+  std::vector<F> out = poisoned<F>(bhd_size(s));
+  Result r;
   r.lse = poisoned<float>(lse_size(s));
   std::vector<float> ws = poisoned<float>(attention_backward_workspace_floats(s.B, s.T, s.H));
   const std::vector<F> dout = to_storage<F>(in.dout);
@@ -75,23 +75,26 @@ EmuRun<F> run_emulated(const Shape& s, float scale, const Inputs& in, bool fused
     std::vector<F> dqkv = poisoned<F>(qkv.size());
     const F* q = qkv.data();
     F* dq = dqkv.data();
-    attention_forward(r.out.data(), r.lse.data(), q, q + C, q + 2 * C, s.B, s.T, s.H, s.D, stride, scale, mask_of(s),
+    attention_forward(out.data(), r.lse.data(), q, q + C, q + 2 * C, s.B, s.T, s.H, s.D, stride, scale, mask,
                       nullptr);
-    attention_backward(dq, dq + C, dq + 2 * C, ws.data(), dout.data(), q, q + C, q + 2 * C, r.out.data(),
-                       r.lse.data(), s.B, s.T, s.H, s.D, stride, scale, mask_of(s), nullptr);
-    r.dq = unfuse(s, dqkv, 0);
-    r.dk = unfuse(s, dqkv, 1);
-    r.dv = unfuse(s, dqkv, 2);
+    attention_backward(dq, dq + C, dq + 2 * C, ws.data(), dout.data(), q, q + C, q + 2 * C, out.data(), r.lse.data(),
+                       s.B, s.T, s.H, s.D, stride, scale, mask, nullptr);
+    const std::vector<float> g = to_f32(dqkv);
+    r.dq = unfuse(s, g, 0);
+    r.dk = unfuse(s, g, 1);
+    r.dv = unfuse(s, g, 2);
   } else {
     const std::vector<F> q = to_storage<F>(in.q), k = to_storage<F>(in.k), v = to_storage<F>(in.v);
-    r.dq = poisoned<F>(bhd_size(s));
-    r.dk = poisoned<F>(bhd_size(s));
-    r.dv = poisoned<F>(bhd_size(s));
-    attention_forward(r.out.data(), r.lse.data(), q.data(), k.data(), v.data(), s.B, s.T, s.H, s.D, stride, scale,
-                      mask_of(s), nullptr);
-    attention_backward(r.dq.data(), r.dk.data(), r.dv.data(), ws.data(), dout.data(), q.data(), k.data(), v.data(),
-                       r.out.data(), r.lse.data(), s.B, s.T, s.H, s.D, stride, scale, mask_of(s), nullptr);
+    std::vector<F> dq = poisoned<F>(bhd_size(s)), dk = poisoned<F>(bhd_size(s)), dv = poisoned<F>(bhd_size(s));
+    attention_forward(out.data(), r.lse.data(), q.data(), k.data(), v.data(), s.B, s.T, s.H, s.D, stride, scale, mask,
+                      nullptr);
+    attention_backward(dq.data(), dk.data(), dv.data(), ws.data(), dout.data(), q.data(), k.data(), v.data(),
+                       out.data(), r.lse.data(), s.B, s.T, s.H, s.D, stride, scale, mask, nullptr);
+    r.dq = to_f32(dq);
+    r.dk = to_f32(dk);
+    r.dv = to_f32(dv);
   }
+  r.out = to_f32(out);
   return r;
 }
 
@@ -102,7 +105,7 @@ std::vector<Shape> bf16_shapes() {
   std::vector<Shape> v;
   int n = 0;
   for (int T : {1, 17, 64, 65, 129})
-    for (int D : {32, 64, 128})
+    for (int D : {16, 32, 64, 128})
       for (bool causal : {false, true}) {
         v.push_back({1 + n % 2, T, 1 + (n / 2) % 2, D, causal});
         ++n;
@@ -118,58 +121,137 @@ TEST_P(AttentionEmulated, Bf16WithinTwiceThePlainBf16Error) {
   const Inputs in = make_inputs(s, 1000 + s.T * 13 + s.D);
   const Naive ref = reference(s, scale, in);
   const Result plain = plain_bf16_attention(s, scale, in.q, in.k, in.v, in.dout);
-  const EmuRun<bf16> got = run_emulated<bf16>(s, scale, in, /*fused=*/false);
-  EXPECT_TRUE(within_bf16_budget(to_f32(got.out), plain.out, ref.out, "out " + name_of(s)));
-  EXPECT_TRUE(within_bf16_budget(got.lse, plain.lse, ref.lse, "lse " + name_of(s)));
-  EXPECT_TRUE(within_bf16_budget(to_f32(got.dq), plain.dq, ref.dq, "dq " + name_of(s)));
-  EXPECT_TRUE(within_bf16_budget(to_f32(got.dk), plain.dk, ref.dk, "dk " + name_of(s)));
-  EXPECT_TRUE(within_bf16_budget(to_f32(got.dv), plain.dv, ref.dv, "dv " + name_of(s)));
+  EXPECT_TRUE(bf16_result_within_budget(run_emulated<bf16>(s, scale, in, /*fused=*/false), plain, ref, name_of(s)));
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, AttentionEmulated, ::testing::ValuesIn(bf16_shapes()),
                          [](const ::testing::TestParamInfo<Shape>& info) { return name_of(info.param); });
 
 // The scalar fp32 kernels (one warp per row) at a few small shapes: each key
-// costs several emulated shuffles, so sizes stay small.
+// costs several emulated shuffles, so sizes stay small. D = 16 leaves half
+// of each warp idle.
 TEST(AttentionEmulatedFp32, MatchesReference) {
   for (const Shape& s : {Shape{1, 1, 1, 32, false}, Shape{2, 17, 2, 64, true}, Shape{1, 20, 1, 128, false},
-                         Shape{1, 9, 3, 32, true}}) {
+                         Shape{1, 9, 3, 32, true}, Shape{2, 21, 2, 16, false}, Shape{1, 13, 1, 16, true}}) {
     const float scale = default_scale(s);
     const Inputs in = make_inputs(s, 2000 + s.T);
-    const Naive ref = reference(s, scale, in);
-    const EmuRun<float> got = run_emulated<float>(s, scale, in, false);
-    const test::Tolerance tol{1e-4, 1e-5};
-    EXPECT_TRUE(test::all_close(got.out, convert<double, float>(ref.out), tol, "out " + name_of(s)));
-    EXPECT_TRUE(test::all_close(got.lse, convert<double, float>(ref.lse), tol, "lse " + name_of(s)));
-    EXPECT_TRUE(test::all_close(got.dq, convert<double, float>(ref.dq), tol, "dq " + name_of(s)));
-    EXPECT_TRUE(test::all_close(got.dk, convert<double, float>(ref.dk), tol, "dk " + name_of(s)));
-    EXPECT_TRUE(test::all_close(got.dv, convert<double, float>(ref.dv), tol, "dv " + name_of(s)));
+    EXPECT_TRUE(fp32_result_close(run_emulated<float>(s, scale, in, false), reference(s, scale, in), name_of(s)));
   }
+}
+
+// Packed rows equal each example run alone (the fp64 reference and the plain
+// bf16 implementation on every example by itself), forward and gradients,
+// every head dim, causal and bidirectional, over the shared packings.
+class AttentionEmulatedPacked : public ::testing::TestWithParam<Shape> {};
+
+TEST_P(AttentionEmulatedPacked, Bf16EqualsEachExampleAlone) {
+  EXPECT_TRUE(packed_bf16_matches_alone(GetParam(), [](const Shape& sh, float scale, const Inputs& in) {
+    return run_emulated<bf16>(sh, scale, in, false);
+  }));
+}
+
+std::vector<Shape> emulated_packed_shapes() {
+  std::vector<Shape> v;
+  for (const Packing& p : shared_packings())
+    for (int D : {16, 32, 64, 128})
+      for (bool causal : {false, true}) v.push_back(packed_shape(p.T, D == 64 ? 2 : 1, D, causal, p.rows, p.name));
+  for (bool causal : {false, true}) v.push_back(random_packed_shape(300, 2, 64, causal, 7));
+  return v;
+}
+
+INSTANTIATE_TEST_SUITE_P(Packings, AttentionEmulatedPacked, ::testing::ValuesIn(emulated_packed_shapes()),
+                         [](const ::testing::TestParamInfo<Shape>& info) { return name_of(info.param); });
+
+// The scalar kernels have no tiles; small packings keep the emulated
+// shuffles (several per key) affordable.
+TEST(AttentionEmulatedPackedFp32, EqualsEachExampleAlone) {
+  const Packing small{"small", 40, {{13, 1, 26}, {40}, {5, 5, 1, 29}}};
+  for (const Packing& p : {shared_packings()[1], small})  // tiny, small
+    for (int D : {16, 64})
+      for (bool causal : {false, true}) {
+        const Shape s = packed_shape(p.T, 1, D, causal, p.rows, p.name);
+        EXPECT_TRUE(packed_fp32_matches_alone(s, [](const Shape& sh, float scale, const Inputs& in) {
+          return run_emulated<float>(sh, scale, in, false);
+        }));
+      }
+}
+
+// Fully masked tiles are skipped, not computed and discarded: the number of
+// tensor-core products each bf16 kernel issues is proportional to the number
+// of (query tile, key tile) pairs holding at least one visible pair, counted
+// here by brute force with the test's own mask rule (`hidden`). The constant
+// of proportionality (products per tile pair) comes from a dense
+// bidirectional run of one 64-token tile, which visits every pair.
+int64_t visible_tile_pairs(const Shape& s, int q_tile, int k_tile) {
+  int64_t n = 0;
+  for (int b = 0; b < s.B; ++b)
+    for (int q0 = 0; q0 < s.T; q0 += q_tile)
+      for (int k0 = 0; k0 < s.T; k0 += k_tile) {
+        bool any = false;
+        for (int i = q0; i < std::min(q0 + q_tile, s.T) && !any; ++i)
+          for (int j = k0; j < std::min(k0 + k_tile, s.T) && !any; ++j) any = !hidden(s, b, i, j);
+        n += any;
+      }
+  return n * s.H;
+}
+
+// Products per bf16 launch of one forward + backward: {forward, dK/dV, dQ}.
+std::vector<uint64_t> mma_counts(const Shape& s) {
+  auto& launches = ::kiln_emu::counters().mma_per_launch;
+  launches.clear();
+  (void)run_emulated<bf16>(s, default_scale(s), make_inputs(s, 9), false);
+  EXPECT_EQ(launches.size(), 4u) << "forward, delta, dK/dV, dQ";
+  if (launches.size() != 4) return {0, 0, 0};
+  EXPECT_EQ(launches[1], 0u) << "the delta kernel does no products";
+  return {launches[0], launches[2], launches[3]};
+}
+
+TEST(AttentionEmulatedPacked, SkipsFullyMaskedTiles) {
+  const std::vector<Packing> packings = shared_packings();
+  for (const Packing& p : {packings[0], packings[2], packings[3]})  // mixed, aligned, padded
+    for (int D : {16, 128})
+      for (bool causal : {false, true}) {
+        const Shape s = packed_shape(p.T, 1, D, causal, p.rows, p.name);
+        const Shape dense{1, 64, 1, D, false};
+        const std::vector<uint64_t> got = mma_counts(s), all = mma_counts(dense);
+        const int dkdv_queries = D >= 128 ? 32 : 64;  // the dK/dV pass's query tile
+        const int tiles[3][2] = {{64, 64}, {dkdv_queries, 64}, {64, 64}};  // (query tile, key tile) per kernel
+        const char* names[3] = {"forward", "dK/dV", "dQ"};
+        for (int kernel = 0; kernel < 3; ++kernel) {
+          const int64_t vis = visible_tile_pairs(s, tiles[kernel][0], tiles[kernel][1]);
+          const int64_t every = visible_tile_pairs(Shape{s.B, s.T, s.H, s.D, false}, tiles[kernel][0], tiles[kernel][1]);
+          const int64_t one = visible_tile_pairs(dense, tiles[kernel][0], tiles[kernel][1]);
+          ASSERT_GT(all[kernel], 0u);
+          EXPECT_EQ(got[kernel] * static_cast<uint64_t>(one), all[kernel] * static_cast<uint64_t>(vis))
+              << name_of(s) << " " << names[kernel] << ": " << got[kernel] << " products for " << vis
+              << " visible tile pairs; " << all[kernel] << " for " << one << " in a dense run";
+          EXPECT_LT(vis, every) << name_of(s) << ": the packing should leave some tiles fully masked";
+        }
+      }
 }
 
 // Fused (B, T, 3·C) q/k/v and dq/dk/dv give the same bits as separate
 // tensors (and so fill the whole dQKV buffer), for both paths.
 TEST(AttentionEmulatedLayout, FusedQkvMatchesSeparate) {
-  {
-    const Shape s{1, 70, 2, 64, true};
+  for (const Shape& s : {Shape{1, 70, 2, 64, true}, Shape{1, 40, 3, 16, false},
+                         packed_shape(70, 2, 32, true, {{20, 1, 49}, {70}}, "layout")}) {
     const Inputs in = make_inputs(s, 3000);
-    const EmuRun<bf16> a = run_emulated<bf16>(s, default_scale(s), in, false);
-    const EmuRun<bf16> f = run_emulated<bf16>(s, default_scale(s), in, true);
-    EXPECT_TRUE(test::bitwise_equal(to_f32(f.out), to_f32(a.out), "bf16 out"));
-    EXPECT_TRUE(test::bitwise_equal(f.lse, a.lse, "bf16 lse"));
-    EXPECT_TRUE(test::bitwise_equal(to_f32(f.dq), to_f32(a.dq), "bf16 dq"));
-    EXPECT_TRUE(test::bitwise_equal(to_f32(f.dk), to_f32(a.dk), "bf16 dk"));
-    EXPECT_TRUE(test::bitwise_equal(to_f32(f.dv), to_f32(a.dv), "bf16 dv"));
+    const Result a = run_emulated<bf16>(s, default_scale(s), in, false);
+    const Result f = run_emulated<bf16>(s, default_scale(s), in, true);
+    EXPECT_TRUE(test::bitwise_equal(f.out, a.out, "bf16 out " + name_of(s)));
+    EXPECT_TRUE(test::bitwise_equal(f.lse, a.lse, "bf16 lse " + name_of(s)));
+    EXPECT_TRUE(test::bitwise_equal(f.dq, a.dq, "bf16 dq " + name_of(s)));
+    EXPECT_TRUE(test::bitwise_equal(f.dk, a.dk, "bf16 dk " + name_of(s)));
+    EXPECT_TRUE(test::bitwise_equal(f.dv, a.dv, "bf16 dv " + name_of(s)));
   }
-  {
-    const Shape s{1, 10, 2, 32, false};
+  for (const Shape& s : {Shape{1, 10, 2, 32, false}, packed_shape(10, 2, 16, false, {{3, 7}}, "layout")}) {
     const Inputs in = make_inputs(s, 3001);
-    const EmuRun<float> a = run_emulated<float>(s, default_scale(s), in, false);
-    const EmuRun<float> f = run_emulated<float>(s, default_scale(s), in, true);
-    EXPECT_TRUE(test::bitwise_equal(f.out, a.out, "f32 out"));
-    EXPECT_TRUE(test::bitwise_equal(f.dq, a.dq, "f32 dq"));
-    EXPECT_TRUE(test::bitwise_equal(f.dk, a.dk, "f32 dk"));
-    EXPECT_TRUE(test::bitwise_equal(f.dv, a.dv, "f32 dv"));
+    const Result a = run_emulated<float>(s, default_scale(s), in, false);
+    const Result f = run_emulated<float>(s, default_scale(s), in, true);
+    EXPECT_TRUE(test::bitwise_equal(f.out, a.out, "f32 out " + name_of(s)));
+    EXPECT_TRUE(test::bitwise_equal(f.dq, a.dq, "f32 dq " + name_of(s)));
+    EXPECT_TRUE(test::bitwise_equal(f.dk, a.dk, "f32 dk " + name_of(s)));
+    EXPECT_TRUE(test::bitwise_equal(f.dv, a.dv, "f32 dv " + name_of(s)));
   }
 }
 

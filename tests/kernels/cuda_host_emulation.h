@@ -22,6 +22,9 @@
 // or not 16-byte aligned, a barrier some threads never reach (deadlock), more
 // dynamic shared memory or threads than an H100/H200 block may have, and reads
 // of shared memory nothing wrote (it starts as NaN bf16s each block).
+// It also counts the warp-wide mma.sync instructions of every launch
+// (counters()), so tests can check that masked tiles are skipped, not
+// computed and thrown away.
 // Not modelled: registers, timing, races within a warp (lanes run one at a
 // time between collectives, so a missing __syncthreads can still pass here;
 // the barriers the kernels do have are all checked for being reached).
@@ -149,6 +152,15 @@ struct Block {
   uint64_t progress = 0;  // arrivals, releases and finished fibers
 };
 
+/// Work counters: one entry per launch_grid() call, in launch order.
+struct Counters {
+  std::vector<uint64_t> mma_per_launch;  // warp-wide m16n8k16 products
+};
+inline Counters& counters() {
+  static Counters c;
+  return c;
+}
+
 inline Block*& active() {
   static Block* b = nullptr;
   return b;
@@ -236,6 +248,7 @@ template <typename Kernel, typename... Args>
 void launch_grid(Kernel kernel, dim3 grid, dim3 block, size_t smem, Args... args) {
   if (grid.x == 0 || grid.y == 0 || grid.z == 0) return;
   if (smem > kMaxSharedBytes) die("dynamic shared memory above the sm_90 per-block limit");
+  counters().mma_per_launch.push_back(0);
   const std::function<void()> body = [&] { kernel(args...); };
   for (unsigned z = 0; z < grid.z; ++z)
     for (unsigned y = 0; y < grid.y; ++y)
@@ -301,6 +314,7 @@ inline void mma_m16n8k16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uin
   w.reg[p][l][4] = b0;
   w.reg[p][l][5] = b1;
   if (wait(w.bar)) {  // last lane: the whole warp's product
+    if (!counters().mma_per_launch.empty()) ++counters().mma_per_launch.back();
     auto A = [&](int row, int k) {  // owner lane (row % 8, (k % 8) / 2), reg (row >= 8) + 2 (k >= 8)
       const int owner = (row % 8) * 4 + (k % 8) / 2;
       return bf16_half(w.reg[p][owner][(row >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0)], k % 2);

@@ -81,22 +81,25 @@ __global__ void __launch_bounds__(kNormBlock)
   if (threadIdx.x == 0) partials[blockIdx.x] = accumulate ? partials[blockIdx.x] + s : s;
 }
 
-// Pass 2, one block of kNormPartials threads: norm = sqrt(Σ partials), and
-// the clip scale when `scale` is given.
+// Pass 2, one block of kNormPartials threads: norm = sqrt(Σ partials), the
+// clip scale when `scale` is given (1 when max_norm <= 0), and the
+// non-finite flag raised when `nonfinite` is given.
 __global__ void __launch_bounds__(kNormPartials)
-    norm_finish_kernel(const float* __restrict__ partials, float* norm, float* scale, float max_norm) {
+    norm_finish_kernel(const float* __restrict__ partials, float* norm, float* scale, float* nonfinite,
+                       float max_norm) {
   const float s = block_sum(partials[threadIdx.x]);
   if (threadIdx.x == 0) {
     const float r = sqrtf(s);
     *norm = r;
-    if (scale) *scale = clip_scale_from_norm(r, max_norm);
+    if (scale) *scale = max_norm > 0.0f ? clip_scale_from_norm(r, max_norm) : 1.0f;
+    if (nonfinite && !isfinite(r)) *nonfinite = 1.0f;
   }
 }
 
-void launch_norm(float* norm, float* scale, const NormTensor* tensors, int64_t count, float max_norm,
-                 float* workspace, cudaStream_t stream, const char* who) {
+void launch_partials(float* workspace, const NormTensor* tensors, int64_t count, cudaStream_t stream,
+                     const char* who) {
   KILN_CHECK(count >= 0 && (count == 0 || tensors != nullptr), who << ": bad tensor list (count " << count << ")");
-  KILN_CHECK(norm != nullptr && workspace != nullptr, who << ": null norm or workspace");
+  KILN_CHECK(workspace != nullptr, who << ": null workspace");
   NormBatch batch;  // 24 KiB, on the host stack
   batch.count = 0;
   batch.chunks = 0;
@@ -117,21 +120,37 @@ void launch_norm(float* norm, float* scale, const NormTensor* tensors, int64_t c
     batch.chunks += ceil_div(s.n, kNormChunk);
   }
   if (first || batch.count > 0) flush();  // the first launch also zeroes the partials when the list is empty
-  launch(norm_finish_kernel, dim3(1), dim3(kNormPartials), 0, stream, static_cast<const float*>(workspace), norm,
-         scale, max_norm);
+}
+
+void launch_finish(float* norm, float* scale, float* nonfinite, const float* partials, float max_norm,
+                   cudaStream_t stream, const char* who) {
+  KILN_CHECK(norm != nullptr && partials != nullptr, who << ": null norm or partials");
+  launch(norm_finish_kernel, dim3(1), dim3(kNormPartials), 0, stream, partials, norm, scale, nonfinite, max_norm);
 }
 
 }  // namespace
 
-void global_norm(float* norm, const NormTensor* tensors, int64_t count, float* workspace, cudaStream_t stream) {
-  launch_norm(norm, nullptr, tensors, count, 0.0f, workspace, stream, "global_norm");
+void global_norm(float* norm, const NormTensor* tensors, int64_t count, float* workspace, cudaStream_t stream,
+                 float* nonfinite) {
+  launch_partials(workspace, tensors, count, stream, "global_norm");
+  launch_finish(norm, nullptr, nonfinite, workspace, 0.0f, stream, "global_norm");
 }
 
 void global_norm_clip(float* norm, float* scale, const NormTensor* tensors, int64_t count, float max_norm,
-                      float* workspace, cudaStream_t stream) {
+                      float* workspace, cudaStream_t stream, float* nonfinite) {
   KILN_CHECK(scale != nullptr, "global_norm_clip: null scale");
   KILN_CHECK(max_norm > 0.0f, "global_norm_clip: max_norm must be > 0 (got " << max_norm << ")");
-  launch_norm(norm, scale, tensors, count, max_norm, workspace, stream, "global_norm_clip");
+  launch_partials(workspace, tensors, count, stream, "global_norm_clip");
+  launch_finish(norm, scale, nonfinite, workspace, max_norm, stream, "global_norm_clip");
+}
+
+void global_norm_partials(float* partials, const NormTensor* tensors, int64_t count, cudaStream_t stream) {
+  launch_partials(partials, tensors, count, stream, "global_norm_partials");
+}
+
+void global_norm_finish(float* norm, float* scale, float* nonfinite, const float* partials, float max_norm,
+                        cudaStream_t stream) {
+  launch_finish(norm, scale, nonfinite, partials, max_norm, stream, "global_norm_finish");
 }
 
 }  // namespace kiln

@@ -57,8 +57,12 @@ __device__ __forceinline__ void update_one(const MtTensor& t, int64_t i, const U
 
 template <typename Update>
 __global__ void __launch_bounds__(kMtBlock)
-    multi_tensor_kernel(const __grid_constant__ MtBatch batch, const Update u, float grad_scale,
-                        const float* grad_scale_ptr) {
+    multi_tensor_kernel(const __grid_constant__ MtBatch batch, Update u, float grad_scale,
+                        const float* grad_scale_ptr, const float* skip, const int32_t* step_counter) {
+  if (skip_step(skip)) return;  // a non-finite step (kernels/norm.h's flag): write nothing
+  // The step count lives on the device: every thread derives the bias
+  // corrections from it (one pow per thread, next to 64 elements of work).
+  if (step_counter) u.set_step(static_cast<int64_t>(*step_counter) + 1);
   // Largest k with chunk_begin <= blockIdx.x (tensors without chunks were
   // left out on the host, so that k owns this chunk).
   const int64_t chunk = blockIdx.x;
@@ -108,16 +112,23 @@ __global__ void __launch_bounds__(kMtBlock)
 
 // Packs descriptors into batches of at most kOptimizerTensorsPerLaunch
 // non-empty tensors and launches one kernel per batch.
+// After every launch of a step: the device step counter advances unless the
+// step was skipped (one thread; ordered after the updates on the stream).
+__global__ void advance_step_kernel(int32_t* step_counter, const float* skip) {
+  if (!skip_step(skip)) *step_counter += 1;
+}
+
 template <typename Update>
 void launch_multi_tensor(const OptimizerTensor* tensors, int64_t count, const Update& u, float grad_scale,
-                         const float* grad_scale_ptr, cudaStream_t stream) {
+                         const float* grad_scale_ptr, const float* skip, const int32_t* step_counter,
+                         cudaStream_t stream) {
   MtBatch batch;  // 16 KiB, on the host stack
   batch.count = 0;
   int64_t chunks = 0;
   auto flush = [&]() {
     if (batch.count == 0) return;
     launch(multi_tensor_kernel<Update>, dim3(static_cast<unsigned>(chunks)), dim3(kMtBlock), 0, stream, batch, u,
-           grad_scale, grad_scale_ptr);
+           grad_scale, grad_scale_ptr, skip, step_counter);
     batch.count = 0;
     chunks = 0;
   };
@@ -146,9 +157,14 @@ void launch_multi_tensor(const OptimizerTensor* tensors, int64_t count, const Up
 }  // namespace
 
 void adamw_step(const OptimizerTensor* tensors, int64_t count, const AdamWConfig& cfg, cudaStream_t stream) {
-  check_adamw_config(cfg, "adamw_step");
+  AdamWConfig c = cfg;
+  if (c.step_counter) c.step = 1;  // the kernels read the real t from the counter
+  check_adamw_config(c, "adamw_step");
   check_optimizer_tensors(tensors, count, true, true, "adamw_step");
-  launch_multi_tensor(tensors, count, AdamWUpdate<float>::make(cfg), cfg.grad_scale, cfg.grad_scale_ptr, stream);
+  launch_multi_tensor(tensors, count, AdamWUpdate<float>::make(c), c.grad_scale, c.grad_scale_ptr, c.skip,
+                      c.step_counter, stream);
+  if (c.step_counter)
+    launch(advance_step_kernel, dim3(1), dim3(1), 0, stream, c.step_counter, c.skip);
 }
 
 void sgd_step(const OptimizerTensor* tensors, int64_t count, const SgdConfig& cfg, cudaStream_t stream) {
@@ -156,13 +172,14 @@ void sgd_step(const OptimizerTensor* tensors, int64_t count, const SgdConfig& cf
   check_optimizer_tensors(tensors, count, cfg.momentum != 0.0f, false, "sgd_step");
   // SGD never reads or writes v, even if the caller set it.
   SgdUpdate<float> u = SgdUpdate<float>::make(cfg);
+  if (cfg.step_counter) launch(advance_step_kernel, dim3(1), dim3(1), 0, stream, cfg.step_counter, cfg.skip);
   if (count == 0) return;
   std::vector<OptimizerTensor> list(tensors, tensors + count);
   for (OptimizerTensor& t : list) {
     t.v = nullptr;
     if (cfg.momentum == 0.0f) t.m = nullptr;
   }
-  launch_multi_tensor(list.data(), count, u, cfg.grad_scale, cfg.grad_scale_ptr, stream);
+  launch_multi_tensor(list.data(), count, u, cfg.grad_scale, cfg.grad_scale_ptr, cfg.skip, nullptr, stream);
 }
 
 }  // namespace kiln

@@ -17,7 +17,15 @@
 //           p ← p - lr·g
 //
 // The caller increments `step` before each AdamW call (the first call uses 1)
-// and zero-fills m and v (and SGD's momentum buffer) once at start.
+// and zero-fills m and v (and SGD's momentum buffer) once at start — or hands
+// AdamWConfig::step_counter, the updates done so far in memory the update
+// reads (device memory for the CUDA launcher), which the launch advances.
+//
+// Non-finite steps are skipped where the decision lives: with `skip` set
+// (the flag global_norm sets in kernels/norm.h) and *skip != 0, nothing is
+// written (weights, moments, bf16 copies) and the step counter stays, so a
+// skipped step leaves the optimizer exactly as it was, and the host never
+// reads the norm back to decide.
 #pragma once
 
 #include <cstdint>
@@ -48,6 +56,10 @@ struct AdamWConfig {
   float grad_scale = 1.0f;                ///< multiplies every gradient
   const float* grad_scale_ptr = nullptr;  ///< also multiplies, if set: a device pointer for the CUDA
                                           ///< launcher (e.g. the clip scale from norm.h), host for the CPU
+  const float* skip = nullptr;            ///< if set and *skip != 0: no update at all (same memory rule)
+  /// If set: t = *step_counter + 1 (`step` is ignored), and *step_counter
+  /// becomes t after the update unless it was skipped (same memory rule).
+  int32_t* step_counter = nullptr;
 };
 
 struct SgdConfig {
@@ -56,6 +68,8 @@ struct SgdConfig {
   bool nesterov = false;
   float grad_scale = 1.0f;
   const float* grad_scale_ptr = nullptr;  ///< as in AdamWConfig
+  const float* skip = nullptr;            ///< as in AdamWConfig
+  int32_t* step_counter = nullptr;        ///< if set: advanced by one unless skipped (SGD reads no t)
 };
 
 // --- CPU references (T = float, double; param_bf16 written from float(p)) ----

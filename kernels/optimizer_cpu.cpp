@@ -30,16 +30,22 @@ void run_update(const OptimizerTensorT<T>* tensors, int64_t count, const Update&
 
 template <typename T>
 void adamw_step_cpu(const OptimizerTensorT<T>* tensors, int64_t count, const AdamWConfig& cfg) {
-  check_adamw_config(cfg, "adamw_step_cpu");
   check_optimizer_tensors(tensors, count, true, true, "adamw_step_cpu");
-  run_update(tensors, count, AdamWUpdate<T>::make(cfg), combined_grad_scale(cfg.grad_scale, cfg.grad_scale_ptr));
+  if (skip_step(cfg.skip)) return;  // a non-finite step: nothing changes, the counter stays
+  AdamWConfig c = cfg;
+  if (cfg.step_counter) c.step = static_cast<int64_t>(*cfg.step_counter) + 1;
+  check_adamw_config(c, "adamw_step_cpu");
+  run_update(tensors, count, AdamWUpdate<T>::make(c), combined_grad_scale(c.grad_scale, c.grad_scale_ptr));
+  if (cfg.step_counter) *cfg.step_counter = static_cast<int32_t>(c.step);
 }
 
 template <typename T>
 void sgd_step_cpu(const OptimizerTensorT<T>* tensors, int64_t count, const SgdConfig& cfg) {
   check_sgd_config(cfg, "sgd_step_cpu");
   check_optimizer_tensors(tensors, count, cfg.momentum != 0.0f, false, "sgd_step_cpu");
+  if (skip_step(cfg.skip)) return;
   run_update(tensors, count, SgdUpdate<T>::make(cfg), combined_grad_scale(cfg.grad_scale, cfg.grad_scale_ptr));
+  if (cfg.step_counter) *cfg.step_counter += 1;
 }
 
 template void adamw_step_cpu<float>(const OptimizerTensorT<float>*, int64_t, const AdamWConfig&);

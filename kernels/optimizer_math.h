@@ -26,9 +26,18 @@ struct AdamWUpdate {
   T bc2_sqrt;   ///< sqrt(1 - β2^t)
 
   static AdamWUpdate make(const AdamWConfig& c) {
-    const double bc1 = 1.0 - std::pow(static_cast<double>(c.beta1), static_cast<double>(c.step));
-    const double bc2 = 1.0 - std::pow(static_cast<double>(c.beta2), static_cast<double>(c.step));
-    return {T(c.lr), T(c.beta1), T(c.beta2), T(c.eps), T(static_cast<double>(c.lr) / bc1), T(std::sqrt(bc2))};
+    AdamWUpdate u{T(c.lr), T(c.beta1), T(c.beta2), T(c.eps), T(0), T(0)};
+    u.set_step(c.step);
+    return u;
+  }
+
+  /// Bias corrections for step t, in double (on the device too, when the
+  /// step count lives there: AdamWConfig::step_counter).
+  KILN_OPT_HD void set_step(int64_t t) {
+    const double bc1 = 1.0 - pow(static_cast<double>(beta1), static_cast<double>(t));
+    const double bc2 = 1.0 - pow(static_cast<double>(beta2), static_cast<double>(t));
+    step_size = T(static_cast<double>(lr) / bc1);
+    bc2_sqrt = T(sqrt(bc2));
   }
 
   KILN_OPT_HD void operator()(T& p, T g, T& m, T& v, T wd) const {
@@ -47,6 +56,8 @@ struct SgdUpdate {
   bool nesterov;
 
   static SgdUpdate make(const SgdConfig& c) { return {T(c.lr), T(c.momentum), c.nesterov}; }
+  /// SGD has no step-dependent constants.
+  KILN_OPT_HD void set_step(int64_t) {}
 
   /// `v` is unused; `m` is the momentum buffer (ignored when momentum is 0).
   KILN_OPT_HD void operator()(T& p, T g, T& m, T& /*v*/, T wd) const {
@@ -64,6 +75,9 @@ struct SgdUpdate {
 KILN_OPT_HD float combined_grad_scale(float grad_scale, const float* grad_scale_ptr) {
   return grad_scale_ptr ? grad_scale * *grad_scale_ptr : grad_scale;
 }
+
+/// Whether a step is skipped: the flag is set and nonzero (read where it lives).
+KILN_OPT_HD bool skip_step(const float* skip) { return skip != nullptr && *skip != 0.0f; }
 
 /// Argument checks shared by both backends; `needs_m` / `needs_v` say which
 /// state buffers the update reads.

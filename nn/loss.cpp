@@ -85,6 +85,58 @@ LossSum CrossEntropyLoss::forward(const Tensor& logits, const std::vector<int32_
   return sum_losses(losses, targets);
 }
 
+namespace {
+
+Rows check_rows(const Tensor& logits, const Tensor& targets, int64_t V) {
+  KILN_CHECK(logits.ndim() >= 1, "cross-entropy: logits '" << logits.name() << "' must have a class dimension");
+  const int64_t Vp = logits.size(-1);
+  const int64_t rows = Vp ? logits.numel() / Vp : 0;
+  if (V == 0) V = Vp;
+  KILN_CHECK(V >= 1 && V <= Vp, "cross-entropy: " << V << " classes but logits rows of " << Vp);
+  KILN_CHECK(targets.dtype() == DType::i32 && targets.numel() == rows && targets.device() == logits.device(),
+             "cross-entropy: targets '" << targets.name() << "' must be " << rows << " int32 values on "
+                                        << logits.device().str());
+  return {rows, Vp, V};
+}
+
+}  // namespace
+
+Tensor CrossEntropyLoss::forward_backward_rows(Tensor& logits, const Tensor& targets, int64_t V, float grad_scale) {
+  const Rows r = check_rows(logits, targets, V);
+  const DType loss_dtype = logits.dtype() == DType::f64 ? DType::f64 : DType::f32;
+  Tensor losses = Tensor::empty({r.rows}, loss_dtype, logits.device(), "cross_entropy.losses");
+  dispatch(
+      logits,
+      [&](auto tag) {
+        using T = decltype(tag);
+        cross_entropy_forward_backward_cpu<T>(logits.data<T>(), losses.data<T>(), targets.data<int32_t>(), r.rows,
+                                              r.V, r.Vp, grad_scale);
+      },
+      [&](auto tag, cudaStream_t s) {
+        using T = decltype(tag);
+        cross_entropy_forward_backward(logits.data<T>(), losses.data<float>(), targets.data<int32_t>(), r.rows, r.V,
+                                       r.Vp, grad_scale, s);
+      });
+  return losses;
+}
+
+Tensor CrossEntropyLoss::forward_rows(const Tensor& logits, const Tensor& targets, int64_t V) {
+  const Rows r = check_rows(logits, targets, V);
+  const DType loss_dtype = logits.dtype() == DType::f64 ? DType::f64 : DType::f32;
+  Tensor losses = Tensor::empty({r.rows}, loss_dtype, logits.device(), "cross_entropy.losses");
+  dispatch(
+      logits,
+      [&](auto tag) {
+        using T = decltype(tag);
+        cross_entropy_forward_cpu<T>(losses.data<T>(), logits.data<T>(), targets.data<int32_t>(), r.rows, r.V, r.Vp);
+      },
+      [&](auto tag, cudaStream_t s) {
+        using T = decltype(tag);
+        cross_entropy_forward(losses.data<float>(), logits.data<T>(), targets.data<int32_t>(), r.rows, r.V, r.Vp, s);
+      });
+  return losses;
+}
+
 std::vector<int32_t> argmax_rows(const Tensor& logits, int64_t V) {
   const int64_t Vp = logits.size(-1);
   const int64_t rows = Vp ? logits.numel() / Vp : 0;

@@ -28,6 +28,16 @@ class CrossEntropyLoss {
   LossSum forward_backward(Tensor& logits, const std::vector<int32_t>& targets, int64_t V, float grad_scale);
   /// Forward only; logits unchanged.
   LossSum forward(const Tensor& logits, const std::vector<int32_t>& targets, int64_t V);
+
+  /// The same without a host round trip (the trainer's asynchronous step):
+  /// `targets` (rows) int32 on the logits' device, already checked by the
+  /// caller (the GPU kernel writes NaN for a target outside [0, V)); the
+  /// per-row losses (rows) come back on the device (0 for ignored rows) and
+  /// dL/dlogits is for L = grad_scale · Σ losses, a *sum*: the caller's
+  /// grad_scale carries the 1 / (loss tokens of the step).
+  Tensor forward_backward_rows(Tensor& logits, const Tensor& targets, int64_t V, float grad_scale);
+  /// Forward only, per-row losses on the device; logits unchanged.
+  Tensor forward_rows(const Tensor& logits, const Tensor& targets, int64_t V);
 };
 
 /// Index of the largest logit in each row among the first V columns (host result).

@@ -27,7 +27,12 @@ Mlp::Mlp(const MlpOptions& o, std::shared_ptr<RngStream> rng) : o_(o) {
   register_module("layers", &layers_);
 }
 
-Tensor Mlp::forward(const Tensor& x) { return layers_.forward(x); }
+// Images arrive as (B, H, W, C) (NHWC, as a CNN reads them): the MLP sees
+// each as one row of H·W·C values.
+Tensor Mlp::forward(const Tensor& x) {
+  if (x.ndim() <= 2 || x.size(0) == 0) return layers_.forward(x);
+  return layers_.forward(x.reshape({x.size(0), x.numel() / x.size(0)}));  // (B, H·W·C)
+}
 Tensor Mlp::backward(const Tensor& dy) { return layers_.backward(dy); }
 
 std::string Mlp::describe() const {

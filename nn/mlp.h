@@ -26,7 +26,7 @@ struct MlpOptions {
 class Mlp : public Module {
  public:
   Mlp(const MlpOptions& o, std::shared_ptr<RngStream> rng);
-  Tensor forward(const Tensor& x) override;   // (B, in) -> (B, out)
+  Tensor forward(const Tensor& x) override;   // (B, in) or (B, H, W, C) with H·W·C = in -> (B, out)
   Tensor backward(const Tensor& dy) override; // (B, out) -> undefined (input grad not needed)
   std::string describe() const override;
   /// 2 · Σ in·out per example forward; backward twice that minus the first

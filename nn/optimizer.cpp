@@ -31,7 +31,10 @@ Optimizer::Optimizer(std::vector<Parameter*> params, const OptimizerOptions& opt
                      ? Tensor::zeros(p->value.shape(), p->value.dtype(), p->value.device(), p->name + ".v")
                      : Tensor());
   }
+  steps_ = Tensor::zeros({1}, DType::i32, params_.empty() ? Device::cpu() : params_[0]->value.device(), "optimizer.steps");
 }
+
+int64_t Optimizer::steps() const { return steps_.to(Device::cpu()).data<int32_t>()[0]; }
 
 namespace {
 
@@ -56,21 +59,36 @@ std::vector<OptimizerTensorT<T>> descriptors(const std::vector<Parameter*>& para
 }  // namespace
 
 void Optimizer::step(double lr, float grad_scale) {
+  StepInputs in;
+  in.grad_scale = grad_scale;
+  step(lr, in);
+}
+
+void Optimizer::step(double lr, const StepInputs& in) {
   if (params_.empty()) return;
-  ++steps_;
   const Tensor& first = params_[0]->value;
+  for (const Tensor* t : {&in.scale, &in.skip})
+    KILN_CHECK(!t->defined() || (t->dtype() == DType::f32 && t->numel() == 1 && t->device() == first.device()),
+               "optimizer: step input '" << t->name() << "' must be one f32 on " << first.device().str());
+  const float* scale_ptr = in.scale.defined() ? in.scale.data<float>() : nullptr;
+  const float* skip_ptr = in.skip.defined() ? in.skip.data<float>() : nullptr;
   AdamWConfig a;
   a.lr = static_cast<float>(lr);
   a.beta1 = static_cast<float>(opt_.beta1);
   a.beta2 = static_cast<float>(opt_.beta2);
   a.eps = static_cast<float>(opt_.eps);
-  a.step = steps_;
-  a.grad_scale = grad_scale;
+  a.step_counter = steps_.data<int32_t>();
+  a.grad_scale = in.grad_scale;
+  a.grad_scale_ptr = scale_ptr;
+  a.skip = skip_ptr;
   SgdConfig s;
   s.lr = static_cast<float>(lr);
   s.momentum = static_cast<float>(opt_.momentum);
   s.nesterov = opt_.nesterov;
-  s.grad_scale = grad_scale;
+  s.grad_scale = in.grad_scale;
+  s.grad_scale_ptr = scale_ptr;
+  s.skip = skip_ptr;
+  s.step_counter = a.step_counter;
   const bool adamw = opt_.kind == OptimizerKind::adamw;
   dispatch(
       first,
@@ -112,7 +130,8 @@ void Optimizer::load_state(const std::map<std::string, Tensor>& state, int64_t s
     Tensor dst = t;  // shares storage with m_/v_
     dst.copy_from(it->second.dtype() == t.dtype() ? it->second : it->second.cast(t.dtype()));
   }
-  steps_ = steps;
+  KILN_INPUT_CHECK(steps >= 0 && steps <= INT32_MAX, "optimizer state: step count " << steps << " out of range");
+  steps_.fill_(static_cast<double>(steps));
 }
 
 float clip_scale(double norm, double max_norm) {

@@ -25,6 +25,14 @@ struct OptimizerOptions {
   bool no_decay_on_bias_and_norm = true;
 };
 
+/// A step's inputs that the trainer keeps on the device (kernels/norm.h
+/// writes them), so deciding and scaling a step never waits on the host.
+struct StepInputs {
+  float grad_scale = 1.0f;  ///< multiplies every gradient
+  Tensor scale;             ///< optional (1) f32 on the parameters' device: also multiplies (the clip scale)
+  Tensor skip;              ///< optional (1) f32 there: nonzero → no update, and steps() does not advance
+};
+
 class Optimizer {
  public:
   /// Updates the trainable ones among `params` (frozen parameters get no state).
@@ -33,8 +41,12 @@ class Optimizer {
   /// One update with learning rate `lr`; every gradient is multiplied by
   /// `grad_scale` first (the clipping factor). Rewrites bf16 copies.
   void step(double lr, float grad_scale = 1.0f);
-  /// Updates taken so far (AdamW's bias-correction t).
-  int64_t steps() const { return steps_; }
+  /// The same with device-resident inputs: a step the flag skips changes
+  /// nothing (weights, moments, bf16 copies, the step count).
+  void step(double lr, const StepInputs& in);
+  /// Updates taken so far (AdamW's bias-correction t). The count lives on
+  /// the parameters' device, beside the skip flag: reading it synchronizes.
+  int64_t steps() const;
 
   /// Optimizer state for checkpoints: "<param>.exp_avg", "<param>.exp_avg_sq"
   /// (AdamW) or "<param>.momentum_buffer" (SGD), as in PyTorch's state dicts.
@@ -47,7 +59,7 @@ class Optimizer {
   std::vector<Parameter*> params_;
   OptimizerOptions opt_;
   std::vector<Tensor> m_, v_;  // per parameter; v_ unused by SGD; m_ empty for SGD without momentum
-  int64_t steps_ = 0;
+  Tensor steps_;  // (1) i32 on the parameters' device: the kernels read and advance it
 };
 
 /// Global L2 norm of the trainable parameters' gradients (deterministic

@@ -1,6 +1,8 @@
 // Stream / Event RAII and the per-device compute stream (see stream.h).
 #include "runtime/stream.h"
 
+#include <atomic>
+#include <cstring>
 #include <mutex>
 #include <unordered_map>
 #include <utility>
@@ -15,6 +17,8 @@
 namespace kiln {
 
 namespace {
+std::atomic<int64_t> g_host_syncs{0};
+
 void require_cuda_device(Device d, const char* what) {
   KILN_CHECK(d.index >= 0 && d.index < cuda_device_count(),
              what << ": no device " << d.str() << " (" << cuda_device_count() << " CUDA devices"
@@ -53,7 +57,12 @@ Stream& Stream::operator=(Stream&& o) noexcept {
   return *this;
 }
 
+int64_t host_sync_count() { return g_host_syncs.load(std::memory_order_relaxed); }
+
+void count_host_sync() { g_host_syncs.fetch_add(1, std::memory_order_relaxed); }
+
 void Stream::synchronize() const {
+  count_host_sync();
 #if KILN_WITH_CUDA
   if (stream_) KILN_CUDA_CHECK(cudaStreamSynchronize(stream_));
 #endif
@@ -111,9 +120,20 @@ void Event::wait(cudaStream_t s) const {
 }
 
 void Event::synchronize() const {
+  count_host_sync();
 #if KILN_WITH_CUDA
   if (event_) KILN_CUDA_CHECK(cudaEventSynchronize(static_cast<cudaEvent_t>(event_)));
 #endif
+}
+
+bool Event::done() const {
+#if KILN_WITH_CUDA
+  if (!event_) return true;
+  const cudaError_t e = cudaEventQuery(static_cast<cudaEvent_t>(event_));
+  if (e == cudaErrorNotReady) return false;
+  KILN_CUDA_CHECK(e);
+#endif
+  return true;
 }
 
 float Event::elapsed_ms(const Event& start) const {
@@ -141,6 +161,35 @@ cudaStream_t compute_stream(Device d) {
   auto it = streams.find(d.index);
   if (it == streams.end()) it = streams.emplace(d.index, new Stream(d, /*non_blocking=*/false)).first;
   return it->second->get();
+}
+
+}  // namespace kiln
+
+namespace kiln {
+
+void synchronize_device(Device d) {
+  count_host_sync();
+  if (d.is_cpu()) return;
+  require_cuda_device(d, "synchronize_device");
+#if KILN_WITH_CUDA
+  detail::CudaDeviceGuard guard(d.index);
+  KILN_CUDA_CHECK(cudaDeviceSynchronize());
+#endif
+}
+
+void copy_to_device_async(void* dst, const void* src, size_t bytes, Device device, cudaStream_t stream) {
+  if (bytes == 0) return;
+  KILN_CHECK(dst && src, "copy_to_device_async: null pointer");
+  if (device.is_cpu()) {
+    std::memcpy(dst, src, bytes);
+    return;
+  }
+#if KILN_WITH_CUDA
+  KILN_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream));
+#else
+  (void)stream;
+  KILN_CHECK(false, "copy_to_device_async: " << device.str() << " in a build without CUDA");
+#endif
 }
 
 }  // namespace kiln

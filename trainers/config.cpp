@@ -12,6 +12,7 @@
 
 #include "runtime/error.h"
 #include "trainers/config_schema.h"
+#include "trainers/models.h"
 
 namespace kiln {
 
@@ -35,10 +36,10 @@ void declare(Schema& s) {
 
   // --- model ---
   auto model = top.section("model", &TrainConfig::model, "the network");
-  model.choice("type", &ModelConfig::type,
-               {{"mlp", ModelType::mlp}, {"cnn", ModelType::cnn}, {"resnet", ModelType::resnet},
-                {"vit", ModelType::vit}, {"gpt", ModelType::gpt}},
-               "", "architecture; its own section below holds its options")
+  // The choices are the model registry's types (trainers/models.h); models
+  // registered later are added by train_config_schema().
+  model.choice("type", &ModelConfig::type, registered_model_types(), "",
+               "architecture (a registered model type); its own section below holds its options")
       .required();
   model.string("init_from", &ModelConfig::init_from, "", "safetensors weights to start from (empty = random init)");
 
@@ -102,8 +103,10 @@ void declare(Schema& s) {
       .max(1.0)
       .when("data.type", images);
   data.boolean("shuffle", &DataConfig::shuffle, true, "reshuffle the training set every epoch (seeded)");
-  data.integer("num_workers", &DataConfig::num_workers, 0, "background loader threads (0 = load in the main thread)")
-      .range(0, 64);
+  data.integer("num_workers", &DataConfig::num_workers, 1,
+               "loader threads preparing the next step's batch while this one trains (0 = prepare it in the "
+               "training thread; one thread is all a step-ahead loader uses)")
+      .range(0, 1);
   data.string("train_shards", &DataConfig::train_shards, "", "glob of training token shards (llm.c .bin)")
       .when("data.type", {"tokens"});
   data.string("val_shards", &DataConfig::val_shards, "", "glob of validation token shards (llm.c .bin)")
@@ -187,7 +190,8 @@ void declare(Schema& s) {
       .range(0, kMaxInt)
       .when("model.type", {"gpt"});
   train.boolean("deterministic", &TrainSection::deterministic, true,
-                "bit-reproducible kernels and data order (may cost speed)");
+                "bit-reproducible kernels and data order; every kiln kernel is, so false is rejected until a "
+                "faster non-deterministic path exists");
 
   // --- data parallelism ---
   auto dist = top.section("dist", &TrainConfig::dist, "data parallelism (one process per GPU)");
@@ -203,7 +207,8 @@ void declare(Schema& s) {
 
   // --- LoRA and SFT ---
   auto lora = top.section("lora", &TrainConfig::lora, "low-rank adapters (GPT only)").when("model.type", {"gpt"});
-  lora.boolean("enabled", &LoraConfig::enabled, false, "train adapters instead of the full weights");
+  lora.boolean("enabled", &LoraConfig::enabled, false,
+               "train adapters instead of the full weights (not implemented yet: true is rejected)");
   lora.integer("rank", &LoraConfig::rank, 8, "adapter rank").range(1, 4096);
   lora.number("alpha", &LoraConfig::alpha, 16.0, "adapter scale numerator (scale = alpha / rank)")
       .above(0.0)
@@ -269,25 +274,31 @@ void post_load(TrainConfig& c, const Locator& loc) {
       break;
   }
 
-  if (c.model.type == ModelType::cnn || c.model.type == ModelType::resnet) {
-    const std::string sec = c.model.type == ModelType::cnn ? "model.cnn" : "model.resnet";
-    const ConvNetConfig& n = c.model.type == ModelType::cnn ? c.model.cnn : c.model.resnet;
+  if (c.model.type == "cnn" || c.model.type == "resnet") {
+    const std::string sec = "model." + c.model.type;
+    const ConvNetConfig& n = c.model.type == "cnn" ? c.model.cnn : c.model.resnet;
     if (n.channels.size() != n.blocks.size())
       loc.fail(loc.given(sec + ".blocks") ? sec + ".blocks" : sec + ".channels",
                "channels has " + std::to_string(n.channels.size()) + " stages but blocks has " +
                    std::to_string(n.blocks.size()) + "; give one entry per stage in both");
   }
-  if (c.model.type == ModelType::vit && c.model.vit.dim % c.model.vit.heads != 0)
+  if (c.model.type == "vit" && c.model.vit.dim % c.model.vit.heads != 0)
     loc.fail("model.vit.heads", std::to_string(c.model.vit.heads) + " heads do not divide dim " +
                                     std::to_string(c.model.vit.dim));
-  if (c.model.type == ModelType::gpt && c.model.gpt.n_embd % c.model.gpt.n_head != 0)
+  if (c.model.type == "gpt" && c.model.gpt.n_embd % c.model.gpt.n_head != 0)
     loc.fail("model.gpt.n_head", std::to_string(c.model.gpt.n_head) + " heads do not divide n_embd " +
                                      std::to_string(c.model.gpt.n_embd));
 
-  const bool tokens = c.data.type == DatasetType::tokens || c.data.type == DatasetType::sft;
-  if (tokens != (c.model.type == ModelType::gpt))
-    loc.fail("data.type", std::string(tokens ? "token data needs model.type gpt"
-                                             : "image data needs an image model (mlp, cnn, resnet or vit)"));
+  // Image data needs a model that reads images, token data one that reads tokens.
+  if (const ModelSpec* spec = find_model(c.model.type); spec && spec->input != data_input(c.data.type)) {
+    const ModelInput want = data_input(c.data.type);
+    std::string fits;
+    for (const std::string& t : registered_model_types())
+      if (find_model(t)->input == want) fits += (fits.empty() ? "" : ", ") + t;
+    const std::string kind = want == ModelInput::tokens ? "token" : "image";
+    loc.fail("data.type", kind + " data needs " + (want == ModelInput::tokens ? "a " : "an ") + kind +
+                              " model (model.type " + fits + "), not " + c.model.type);
+  }
   if (c.data.type == DatasetType::sft) {
     if (c.sft.prompt_template.find("{prompt}") == std::string::npos)
       loc.fail("sft.prompt_template", "must contain {prompt}");
@@ -303,16 +314,34 @@ void post_load(TrainConfig& c, const Locator& loc) {
     loc.fail("train.global_batch", std::to_string(c.train.global_batch) + " is not a multiple of train.batch_size " +
                                        std::to_string(c.train.batch_size));
   if (c.train.resume.empty()) loc.fail("train.resume", "empty; use none, auto or a checkpoint path");
+
+  // Keys whose feature is not built yet: rejected, never silently ignored.
+  if (!c.train.deterministic)
+    loc.fail("train.deterministic", "false is not implemented: every kiln kernel is deterministic and there is no "
+                                    "faster non-deterministic path yet (leave it at true)");
+  if (c.lora.enabled)
+    loc.fail("lora.enabled", "LoRA is not implemented yet (it arrives with its own recipe); training with "
+                             "lora.enabled would silently train every weight, so it is refused");
+  // The adapter settings have nothing to set until then: only their defaults
+  // (which a saved config.yaml repeats) are accepted.
+  for (const config::Field& f : train_config_schema().fields())
+    if (f.parent == "lora" && f.name != "enabled" && loc.given(f.path) && f.get(&c) != f.default_value)
+      loc.fail(f.path, "LoRA is not implemented yet, so its settings cannot be changed from their defaults");
 }
 
 }  // namespace
 
 const config::Schema& train_config_schema() {
-  static const Schema* schema = [] {
+  static Schema* schema = [] {
     auto* s = new Schema();
     declare(*s);
     return s;
   }();
+  // A model registered after the schema was built (a test's, a tool's) joins
+  // model.type's choices here, before the config that names it is read.
+  const std::vector<std::string> types = registered_model_types();
+  const config::Field* type = schema->find_field("model.type");
+  if (type->choices != types) const_cast<config::Field*>(type)->choices = types;
   return *schema;
 }
 

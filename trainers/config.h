@@ -31,7 +31,6 @@ class Schema;
 }
 
 enum class Precision { fp32, bf16 };
-enum class ModelType { mlp, cnn, resnet, vit, gpt };
 enum class Activation { relu, gelu };
 enum class DatasetType { fashion_mnist, mnist, idx, tokens, sft };
 enum class OptimizerType { adamw, sgd };
@@ -70,7 +69,7 @@ struct GptConfig {
 };
 
 struct ModelConfig {
-  ModelType type{};
+  std::string type;       ///< a registered model type (trainers/models.h): "mlp", "gpt", ...
   std::string init_from;  ///< safetensors weights to start from ("" = random init)
   MlpConfig mlp;
   ConvNetConfig cnn;
@@ -86,7 +85,7 @@ struct DataConfig {
   bool normalize = false;
   double mean = 0, std = 0;  ///< normalization of pixels scaled to [0, 1]
   bool shuffle = false;
-  int num_workers = 0;
+  int num_workers = 0;  ///< loader threads preparing the next step (0 or 1)
   std::string train_shards;  ///< glob of token shards (tokens)
   std::string val_shards;    ///< glob of token shards (tokens)
   std::string tokenizer;     ///< tokenizer directory (tokens, sft)

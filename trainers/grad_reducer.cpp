@@ -25,6 +25,8 @@ GradReducer::GradReducer(nn::Module& model, std::vector<nn::Parameter*> params, 
   const Device device = params_[0]->grad.device();
   const DType dtype = params_[0]->grad.dtype();
   for (nn::Parameter* p : params_)
+    KILN_CHECK(p->trainable && p->grad.defined(), "GradReducer: parameter '" << p->name << "' is frozen (no gradient)");
+  for (nn::Parameter* p : params_)
     KILN_CHECK(p->grad.device() == device && p->grad.dtype() == dtype,
                "GradReducer: gradient '" << p->name << "' is " << dtype_name(p->grad.dtype()) << " on "
                                          << p->grad.device().str() << ", the first one "
@@ -194,14 +196,6 @@ void GradReducer::finish() {
   armed_ = false;
 }
 
-double GradReducer::grad_norm() {
-  if (opt_.zero_stage == 0) return nn::grad_norm(params_);
-  const double local = opt_params_.empty() ? 0.0 : nn::grad_norm(opt_params_);
-  std::vector<double> v = {local * local};
-  comm_.all_reduce_values(v, ReduceOp::sum, "grad norm");
-  return std::sqrt(v[0]);
-}
-
 void GradReducer::before_step() {
   if (opt_.zero_stage == 0) return;
   for (size_t i = 0; i < segments_.size(); ++i) {
@@ -227,7 +221,7 @@ void GradReducer::after_step() {
       nn::Parameter* p = slots_[si].param;
       if (slots_[si].numel == 0) continue;
       p->value.copy_from(bk.values.view(slots_[si].offset, p->value.shape()));
-      if (p->lowp.defined()) p->lowp.copy_from(p->value.cast(p->lowp.dtype()));
+      p->refresh_lowp();
     }
   }
 }

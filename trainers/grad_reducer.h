@@ -52,9 +52,10 @@ struct GradReducerOptions {
 
 class GradReducer {
  public:
-  /// `params` in registration order (model.parameters()); all on one device
-  /// with one gradient dtype. Re-points every p->grad into a bucket (values
-  /// kept) and installs the hook on `model`. Collective-free.
+  /// `params` in registration order (model.trainable_parameters(): frozen
+  /// ones have no gradient and are never reduced); all on one device with
+  /// one gradient dtype. Re-points every p->grad into a bucket (values kept)
+  /// and installs the hook on `model`. Collective-free.
   GradReducer(nn::Module& model, std::vector<nn::Parameter*> params, Communicator& comm,
               const GradReducerOptions& opt);
   /// Removes the hook (gradients stay views of the buckets).
@@ -73,8 +74,10 @@ class GradReducer {
   /// The parameters the optimizer updates on this rank: the model's (stage
   /// 0) or this rank's segments (stage 1; may be empty on a tiny model).
   const std::vector<nn::Parameter*>& optimizer_params() const { return opt_params_; }
-  /// Global L2 norm of the mean gradient after finish(); collective in stage 1.
-  double grad_norm();
+  /// Stage 1: the optimizer's gradients are this rank's shard of the whole,
+  /// so their norm is a collective over ranks (StepGuard::compute's
+  /// shard_comm); stage 0: every rank holds the whole mean gradient.
+  Communicator* norm_comm() { return opt_.zero_stage == 1 ? &comm_ : nullptr; }
   /// Stage 1, around optimizer.step(): before_step copies this rank's chunks
   /// of the parameters into the segments; after_step all-gathers the updated
   /// chunks into every rank's parameters (and refreshes bf16 copies).

@@ -3,10 +3,6 @@
 #include <numeric>
 #include <sstream>
 
-#include "nn/mlp.h"
-#include "runtime/process_info.h"
-#include "trainers/trainer.h"
-
 namespace kiln {
 
 namespace {
@@ -18,10 +14,8 @@ Normalization normalization_for(const TrainConfig& c) {
 
 }  // namespace
 
-ImageClassificationTask::ImageClassificationTask(const TrainConfig& cfg, Device device)
-    : device_(device),
-      compute_(cfg.precision == Precision::bf16 && device.is_cuda() ? DType::bf16 : DType::f32),
-      rng_(std::make_shared<nn::RngStream>()) {
+ImageClassificationTask::ImageClassificationTask(const TrainConfig& cfg, const TaskContext& ctx)
+    : ctx_(ctx), rng_(std::make_shared<nn::RngStream>()) {
   rng_->seed = cfg.seed;
   const std::string& dir = cfg.data.path;
   ImageDataset full = ImageDataset::from_mnist_dir(dir, "train");
@@ -31,41 +25,38 @@ ImageClassificationTask::ImageClassificationTask(const TrainConfig& cfg, Device 
   train_.set_normalization(norm);
   val_.set_normalization(norm);
   test_.set_normalization(norm);
-  classes_ = full.num_classes();
   KILN_INPUT_CHECK(test_.rows() == full.rows() && test_.cols() == full.cols(),
                    dir << ": test images are " << test_.rows() << "x" << test_.cols() << ", training images "
                        << full.rows() << "x" << full.cols());
+  shape_ = {full.rows(), full.cols(), 1, full.num_classes()};  // IDX images are grayscale
 
   SamplerOptions so;
   so.size = train_.size();
-  so.batch_size = cfg.train.batch_size;
+  so.batch_size = ctx_.plan.micro;
   so.shuffle = cfg.data.shuffle;
   so.drop_last = true;
   so.seed = cfg.seed;
-  so.rank = process_info().rank;  // this process's shard of every global batch
-  so.world = process_info().world;
+  so.rank = ctx_.rank;  // this process's shard of every global batch
+  so.world = ctx_.world;
   so.what = dir + " (train split)";
   sampler_ = std::make_unique<DistributedSampler>(so);
-  step_samples_ = plan_batch(cfg, so.world).global;
-  eval_batch_ = std::max<int64_t>(cfg.train.batch_size, 1000);
+  eval_batch_ = std::max<int64_t>(ctx_.plan.micro, 1000);
 
-  switch (cfg.model.type) {
-    case ModelType::mlp: {
-      nn::MlpOptions o;
-      o.in = full.sample_size();
-      o.hidden = cfg.model.mlp.hidden;
-      o.out = classes_;
-      o.activation = cfg.model.mlp.activation == Activation::gelu ? nn::ActivationKind::gelu : nn::ActivationKind::relu;
-      o.dropout = static_cast<float>(cfg.model.mlp.dropout);
-      o.seed = cfg.seed;
-      auto m = std::make_unique<nn::Mlp>(o, rng_);
-      flops_ = m->train_flops_per_example();
-      model_ = std::move(m);
-      break;
-    }
-    default:
-      throw InputError("model.type: this kiln trains image models of type mlp; cnn, resnet and vit are planned");
-  }
+  DataShape ds;
+  ds.image = shape_;
+  BuiltModel built = build_model(cfg, ds, rng_);
+  flops_ = built.train_flops_per_example;
+  model_ = std::move(built.module);
+
+  const int64_t n = ctx_.plan.micro * ctx_.plan.accum;
+  std::vector<BatchArray> arrays = {{"images", DType::f32, {n, shape_.H, shape_.W, shape_.C}},
+                                    {"labels", DType::i32, {n}}};
+  loader_ = std::make_unique<StepLoader>(
+      ctx_.device, std::move(arrays),
+      [this](const std::vector<void*>& host) {
+        return fill_step(static_cast<float*>(host[0]), static_cast<int32_t*>(host[1]));
+      },
+      /*background=*/cfg.data.num_workers > 0);
 }
 
 bool ImageClassificationTask::has_split(Split s) const {
@@ -80,51 +71,64 @@ bool ImageClassificationTask::has_split(Split s) const {
 std::string ImageClassificationTask::describe_data() const {
   std::ostringstream os;
   os << train_.source() << ": " << train_.size() << " train, " << val_.size() << " val, " << test_.size()
-     << " test images of " << train_.rows() << "x" << train_.cols() << ", " << classes_ << " classes";
+     << " test images of " << train_.rows() << "x" << train_.cols() << ", " << shape_.classes << " classes";
   return os.str();
 }
 
-Tensor ImageClassificationTask::forward_batch(const ImageDataset& ds, const int64_t* idx, int64_t n,
-                                              std::vector<int32_t>* labels) {
-  // (n, rows·cols) floats filled on the host, then moved/cast for the device.
-  Tensor x = Tensor::empty({n, ds.sample_size()}, DType::f32, Device::cpu(), "images");
-  labels->resize(static_cast<size_t>(n));
-  ds.fill(idx, n, x.data<float>(), labels->data());
-  if (device_.is_cuda()) x = x.to(device_);
-  if (compute_ != DType::f32) x = x.cast(compute_);
-  x.set_name("images");
-  return model_->forward(x);  // (n, classes)
+StepLoader::Filled ImageClassificationTask::fill_step(float* x, int32_t* y) {
+  StepLoader::Filled f;
+  f.position = sampler_position();
+  const int64_t B = ctx_.plan.micro, step_samples = ctx_.plan.global, P = shape_.pixels();
+  for (int64_t micro = 0; micro < ctx_.plan.accum; ++micro) {
+    // A step never straddles two epochs (the sampler alone would end an
+    // epoch on a micro-batch), so every split of the global batch into
+    // processes x micro-batches sees the same samples in the same steps.
+    const SamplerState at = sampler_->state();
+    if (at.position % step_samples == 0 && train_.size() - at.position < step_samples)
+      sampler_->set_epoch(at.epoch + 1);
+    Batch b;
+    if (!sampler_->next(&b)) {
+      sampler_->set_epoch(sampler_->epoch() + 1);
+      KILN_CHECK(sampler_->next(&b), "sampler produced no batch for a new epoch");
+    }
+    KILN_CHECK(static_cast<int64_t>(b.indices.size()) == B,
+               "sampler gave " << b.indices.size() << " samples for a micro-batch of " << B);
+    train_.fill(b.indices.data(), B, x + micro * B * P, y + micro * B);
+  }
+  f.batch.examples = B * ctx_.plan.accum;
+  f.batch.units = f.batch.examples;
+  f.batch.loss_tokens = f.batch.examples;  // every image has a label
+  return f;
 }
 
-TaskStats ImageClassificationTask::train_micro_batch(float loss_scale) {
-  Batch b;
-  // A step never straddles two epochs (the sampler alone would end an epoch
-  // on a micro-batch), so every split of the global batch into processes x
-  // micro-batches sees the same samples in the same steps.
-  const SamplerState at = sampler_->state();
-  if (at.position % step_samples_ == 0 && train_.size() - at.position < step_samples_)
-    sampler_->set_epoch(at.epoch + 1);
-  if (!sampler_->next(&b)) {
-    sampler_->set_epoch(sampler_->epoch() + 1);
-    KILN_CHECK(sampler_->next(&b), "sampler produced no batch for a new epoch");
-  }
-  const int64_t n = static_cast<int64_t>(b.indices.size());
-  std::vector<int32_t> labels;
-  Tensor logits = forward_batch(train_, b.indices.data(), n, &labels);
-  const std::vector<int32_t> pred = nn::argmax_rows(logits, classes_);
-  const nn::LossSum ls = loss_.forward_backward(logits, labels, classes_, loss_scale);
+Tensor ImageClassificationTask::to_compute(const Tensor& x) const {
+  if (ctx_.compute == DType::f32) return x;
+  Tensor c = x.cast(ctx_.compute);
+  c.set_name("images");
+  return c;
+}
+
+StepBatch ImageClassificationTask::begin_step() {
+  step_ = &loader_->next();
+  return step_->batch;
+}
+
+void ImageClassificationTask::train_micro_batch(int64_t micro, float loss_scale, LossStats& stats) {
+  KILN_CHECK(step_ && micro >= 0 && micro < ctx_.plan.accum, "train_micro_batch " << micro << " outside the step");
+  const int64_t B = ctx_.plan.micro, P = shape_.pixels();
+  const Tensor x = to_compute(step_->arrays[0].view(micro * B * P, {B, shape_.H, shape_.W, shape_.C}));
+  const Tensor y = step_->arrays[1].view(micro * B, {B});
+  Tensor logits = model_->forward(x);  // (B, classes)
+  stats.add_correct(logits, y, shape_.classes);
+  const Tensor losses = loss_.forward_backward_rows(logits, y, shape_.classes, loss_scale);
+  stats.add_losses(losses, y);
   model_->backward(logits);  // logits now hold dL/dlogits
-  TaskStats st;
-  st.loss_sum = ls.sum;
-  st.loss_count = ls.count;
-  st.samples = n;
-  for (int64_t i = 0; i < n; ++i) st.correct += pred[static_cast<size_t>(i)] == labels[static_cast<size_t>(i)];
-  return st;
 }
 
 TaskStats ImageClassificationTask::evaluate(Split split, int64_t max_batches) {
   const ImageDataset& ds = split == Split::train ? train_ : split == Split::val ? val_ : test_;
   TaskStats st;
+  LossStats sums(ctx_.device);
   std::vector<int64_t> idx;
   std::vector<int32_t> labels;
   int64_t batches = 0;
@@ -133,25 +137,37 @@ TaskStats ImageClassificationTask::evaluate(Split split, int64_t max_batches) {
     const int64_t n = std::min(eval_batch_, ds.size() - start);
     idx.resize(static_cast<size_t>(n));
     std::iota(idx.begin(), idx.end(), start);
-    Tensor logits = forward_batch(ds, idx.data(), n, &labels);
-    const nn::LossSum ls = loss_.forward(logits, labels, classes_);
-    const std::vector<int32_t> pred = nn::argmax_rows(logits, classes_);
-    st.loss_sum += ls.sum;
-    st.loss_count += ls.count;
+    labels.resize(static_cast<size_t>(n));
+    Tensor x = Tensor::empty({n, shape_.H, shape_.W, shape_.C}, DType::f32, Device::cpu(), "images");
+    ds.fill(idx.data(), n, x.data<float>(), labels.data());
+    if (ctx_.device.is_cuda()) x = x.to(ctx_.device);
+    const Tensor y = Tensor::from_vector(labels, {n}, ctx_.device);
+    const Tensor logits = model_->forward(to_compute(x));  // (n, classes)
+    sums.add_correct(logits, y, shape_.classes);
+    sums.add_losses(loss_.forward_rows(logits, y, shape_.classes), y);
+    st.loss_count += n;
     st.samples += n;
-    for (int64_t i = 0; i < n; ++i) st.correct += pred[static_cast<size_t>(i)] == labels[static_cast<size_t>(i)];
+    st.units += n;
   }
+  const std::vector<double> v = sums.read();
+  st.loss_sum = v[0];
+  st.correct = static_cast<int64_t>(v[1]);
   return st;
 }
 
-nlohmann::json ImageClassificationTask::data_state() const {
+nlohmann::json ImageClassificationTask::sampler_position() const {
   const SamplerState s = sampler_->state();
   return {{"epoch", s.epoch}, {"position", s.position}};
+}
+
+nlohmann::json ImageClassificationTask::data_state() const {
+  return loader_->position([this] { return sampler_position(); });
 }
 
 void ImageClassificationTask::restore_data_state(const nlohmann::json& j) {
   KILN_INPUT_CHECK(j.is_object() && j.contains("epoch") && j.contains("position"),
                    "checkpoint state.json: 'data' must hold epoch and position");
+  loader_->reset();
   SamplerState s;
   s.epoch = j.at("epoch").get<uint64_t>();
   s.position = j.at("position").get<int64_t>();

@@ -1,6 +1,11 @@
-// Image classification (MLP today; CNN/ResNet and ViT plug in the same way):
-// an MNIST-family dataset split into train/val (+ the test files), a seeded
-// resumable sampler, a model from the config, softmax cross-entropy.
+// Image classification: an MNIST-family dataset split into train/val (+ the
+// test files), a seeded resumable sampler, whichever image model the registry
+// builds for model.type (MLP today; CNN/ResNet and ViT register the same
+// way), softmax cross-entropy.
+//
+// Images reach the model as (B, H, W, C) f32 (NHWC; bf16 on a bf16 GPU run),
+// labels as (B) int32, both on the device, from a StepLoader that prepares
+// the next step while this one trains.
 #pragma once
 
 #include <memory>
@@ -9,42 +14,50 @@
 #include "data/sampler.h"
 #include "nn/loss.h"
 #include "trainers/config.h"
+#include "trainers/models.h"
+#include "trainers/step_loader.h"
 #include "trainers/task.h"
 
 namespace kiln {
 
 class ImageClassificationTask : public Task {
  public:
-  ImageClassificationTask(const TrainConfig& cfg, Device device);
+  ImageClassificationTask(const TrainConfig& cfg, const TaskContext& ctx);
 
   nn::Module& model() override { return *model_; }
   nn::RngStream& rng() override { return *rng_; }
-  TaskStats train_micro_batch(float loss_scale) override;
+  StepBatch begin_step() override;
+  void train_micro_batch(int64_t micro, float loss_scale, LossStats& stats) override;
   TaskStats evaluate(Split split, int64_t max_batches) override;
   bool has_split(Split s) const override;
   int64_t train_examples() const override { return train_.size(); }
-  bool is_classifier() const override { return true; }
+  bool has_accuracy() const override { return true; }
   const char* unit() const override { return "samples"; }
   double train_flops_per_example() const override { return flops_; }
   nlohmann::json data_state() const override;
   void restore_data_state(const nlohmann::json& s) override;
   std::string describe_data() const override;
 
- private:
-  // Fills (x, y) for dataset indices idx and runs the model forward.
-  Tensor forward_batch(const ImageDataset& ds, const int64_t* idx, int64_t n, std::vector<int32_t>* labels);
+  const ImageShape& shape() const { return shape_; }
 
-  Device device_;
-  DType compute_;
+ private:
+  // Writes one step's images and labels (host) from the sampler.
+  StepLoader::Filled fill_step(float* x, int32_t* y);
+  nlohmann::json sampler_position() const;
+  // (n, H, W, C) images on the device in the compute dtype.
+  Tensor to_compute(const Tensor& x) const;
+
+  TaskContext ctx_;
   ImageDataset train_, val_, test_;
+  ImageShape shape_;
   std::unique_ptr<DistributedSampler> sampler_;
   std::shared_ptr<nn::RngStream> rng_;
   std::unique_ptr<nn::Module> model_;
   nn::CrossEntropyLoss loss_;
-  int64_t classes_ = 0;
   int64_t eval_batch_ = 0;
-  int64_t step_samples_ = 0;  // global batch: an epoch ends on a step boundary
   double flops_ = 0;
+  std::unique_ptr<StepLoader> loader_;
+  const StepLoader::Step* step_ = nullptr;  // the current step's device arrays
 };
 
 }  // namespace kiln

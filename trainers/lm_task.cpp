@@ -8,34 +8,20 @@
 #include <cstdio>
 #include <filesystem>
 #include <sstream>
-#include <thread>
 
 #include "data/bpe_train.h"
 #include "data/corpus.h"
 #include "data/safetensors_tensor.h"
 #include "data/token_shard.h"
-#include "nn/gpt_io.h"
-#include "runtime/process_info.h"
+#include "kernels/cross_entropy.h"
 #include "trainers/checkpoint.h"
+#include "trainers/models.h"
+#include "trainers/run_checkpoint.h"
 #include "trainers/trainer.h"
 
 namespace kiln {
 
 namespace fs = std::filesystem;
-
-nn::GptOptions gpt_options(const TrainConfig& cfg) {
-  const GptConfig& g = cfg.model.gpt;
-  nn::GptOptions o;
-  o.vocab_size = g.vocab_size;
-  o.block_size = g.block_size;
-  o.n_layer = g.n_layer;
-  o.n_head = g.n_head;
-  o.n_embd = g.n_embd;
-  o.dropout = static_cast<float>(g.dropout);
-  o.bias = g.bias;
-  o.seed = cfg.seed;
-  return o;
-}
 
 std::vector<std::string> glob_files(const std::string& pattern) {
   std::vector<std::string> out;
@@ -88,7 +74,9 @@ int64_t sequential_windows(const std::vector<std::string>& paths, int64_t T) {
 
 }  // namespace
 
-void ensure_token_data(const TrainConfig& cfg) {
+namespace {
+
+void build_token_data(const TrainConfig& cfg) {
   const DataConfig& d = cfg.data;
   const bool have_tok = d.tokenizer.empty() || has_tokenizer(d.tokenizer);
   const bool have_train = !glob_files(d.train_shards).empty();
@@ -117,20 +105,6 @@ void ensure_token_data(const TrainConfig& cfg) {
                                           << dir << "'), where the shards are built");
   }
 
-  const ProcessInfo& pi = process_info();
-  if (!pi.is_root()) {
-    // Rank 0 builds; wait for its prepare.json (written last) and the files.
-    const auto t0 = std::chrono::steady_clock::now();
-    while (!(fs::exists(fs::path(dir) / "prepare.json") && has_tokenizer(d.tokenizer) &&
-             !glob_files(d.train_shards).empty())) {
-      KILN_INPUT_CHECK(seconds_since(t0) < static_cast<double>(cfg.dist.timeout_s),
-                       "rank " << pi.rank << ": rank 0 did not build the token data in " << dir << " within "
-                               << cfg.dist.timeout_s << " s (dist.timeout_s)");
-      std::this_thread::sleep_for(std::chrono::milliseconds(200));
-    }
-    return;
-  }
-
   if (!have_tok) {
     const auto t0 = std::chrono::steady_clock::now();
     std::fprintf(stderr, "kiln: data.tokenizer %s is missing: training a %lld-token BPE on %s%s (once)\n",
@@ -155,63 +129,74 @@ void ensure_token_data(const TrainConfig& cfg) {
                    "data.train_shards: '" << d.train_shards << "' matches none of the shards written to " << dir);
 }
 
+}  // namespace
+
+void ensure_token_data(const TrainConfig& cfg, Communicator* comm) {
+  if (!comm || comm->world() == 1) {
+    build_token_data(cfg);
+    return;
+  }
+  // Rank 0 builds (or finds everything there); the others wait at the
+  // barrier, which dist.timeout_s bounds. An error on rank 0 ends the job
+  // (the trainer aborts it), so nobody waits out the timeout.
+  if (comm->is_root()) build_token_data(cfg);
+  comm->barrier("token data built by rank 0");
+}
+
 // --- the task ------------------------------------------------------------------------
 
-LanguageModelTask::LanguageModelTask(const TrainConfig& cfg, Device device)
-    : cfg_(cfg),
-      device_(device),
-      T_(cfg.model.gpt.block_size),
-      B_(cfg.train.batch_size),
-      V_(cfg.model.gpt.vocab_size),
-      rng_(std::make_shared<nn::RngStream>()) {
-  KILN_INPUT_CHECK(cfg.model.type == ModelType::gpt, "data.type tokens: model.type must be gpt");
+LanguageModelTask::LanguageModelTask(const TrainConfig& cfg, const TaskContext& ctx)
+    : cfg_(cfg), ctx_(ctx), B_(ctx.plan.micro), rng_(std::make_shared<nn::RngStream>()) {
   rng_->seed = cfg.seed;
-  ensure_token_data(cfg);
+  ensure_token_data(cfg, ctx_.comm);
   train_paths_ = glob_files(cfg.data.train_shards);
   KILN_INPUT_CHECK(!train_paths_.empty(), "data.train_shards: no file matches '" << cfg.data.train_shards << "'");
   val_paths_ = glob_files(cfg.data.val_shards);
+  if (!cfg.data.tokenizer.empty()) tokenizer_ = std::make_unique<Tokenizer>(Tokenizer::load(cfg.data.tokenizer));
 
-  const ProcessInfo& pi = process_info();
+  DataShape shape;
+  shape.tokens.vocab = tokenizer_ ? tokenizer_->vocab_size() : 0;
+  BuiltModel built = build_model(cfg, shape, rng_);
+  model_ = std::move(built.module);
+  gpt_ = dynamic_cast<nn::Gpt*>(model_.get());
+  KILN_INPUT_CHECK(gpt_, "model.type: " << cfg.model.type << " is not a GPT; token data trains GPT models");
+  T_ = built.context;
+  V_ = built.vocab;
+  flops_per_sequence_ = built.train_flops_per_example;
+  // The shards' ids are checked when the loader opens them: spare the GPU
+  // the per-step sync of the embedding's own check.
+  gpt_->embedding().set_device_id_check(false);
+
   // The loader reads a whole step (B x grad_accum windows per rank) at once
   // and micro-batches take slices of it: epochs then end on step boundaries,
   // and any split of a global batch into processes x micro-batches sees the
   // same windows in the same steps (the loader's rank blocks tile the global
   // batch in order, as the slices do).
-  accum_ = plan_batch(cfg, pi.world).accum;
+  const int64_t accum = ctx_.plan.accum;
   TokenLoaderOptions lo;
-  lo.batch = B_ * accum_;
+  lo.batch = B_ * accum;
   lo.seq_len = T_;
   lo.shuffle = cfg.data.shuffle;
   lo.seed = cfg.seed;
-  lo.rank = pi.rank;
-  lo.world = pi.world;
+  lo.rank = ctx_.rank;
+  lo.world = ctx_.world;
   lo.vocab_size = V_;  // every shard's ids checked once, when it is opened
   train_ = std::make_unique<TokenLoader>(train_paths_, lo);
   if (!val_paths_.empty()) val_windows_ = sequential_windows(val_paths_, T_);
 
-  if (!cfg.data.tokenizer.empty()) {
-    tokenizer_ = std::make_unique<Tokenizer>(Tokenizer::load(cfg.data.tokenizer));
-    KILN_INPUT_CHECK(tokenizer_->vocab_size() <= V_, "model.gpt.vocab_size: " << V_ << " is smaller than the "
-                                                                             << tokenizer_->vocab_size()
-                                                                             << " tokens of " << cfg.data.tokenizer);
-  }
-  model_ = std::make_unique<nn::Gpt>(gpt_options(cfg), rng_);
-  // Batches are checked on the host (check_ids) before upload: spare the GPU
-  // the per-step sync of the embedding's own check.
-  model_->embedding().set_device_id_check(false);
-  if (!cfg.model.init_from.empty()) {
-    nn::import_gpt_safetensors(*model_, cfg.model.init_from);
-    std::fprintf(stderr, "kiln: initialized the GPT from %s\n", cfg.model.init_from.c_str());
-  }
-  flops_per_sequence_ = static_cast<double>(T_) * model_->train_flops_per_token(T_);
-  x_.resize(static_cast<size_t>(B_ * accum_ * T_));
-  y_.resize(x_.size());
+  std::vector<BatchArray> arrays = {{"tokens", DType::i32, {B_ * accum, T_}}, {"targets", DType::i32, {B_ * accum, T_}}};
+  loader_ = std::make_unique<StepLoader>(
+      ctx_.device, std::move(arrays),
+      [this](const std::vector<void*>& host) {
+        return fill_step(static_cast<int32_t*>(host[0]), static_cast<int32_t*>(host[1]));
+      },
+      /*background=*/cfg.data.num_workers > 0);
 }
 
 bool LanguageModelTask::has_split(Split s) const {
   switch (s) {
     case Split::train: return true;
-    case Split::val: return val_windows_ >= process_info().world;
+    case Split::val: return val_windows_ >= ctx_.world;
     case Split::test: return false;
   }
   return false;
@@ -226,36 +211,31 @@ std::string LanguageModelTask::describe_data() const {
   return os.str();
 }
 
-void LanguageModelTask::check_ids(const std::vector<int32_t>& ids, const char* what) const {
-  for (size_t i = 0; i < ids.size(); ++i)
-    KILN_INPUT_CHECK(ids[i] < V_, what << ": token id " << ids[i] << " is outside the model's vocabulary of " << V_
-                                       << " (model.gpt.vocab_size); were the shards made with another tokenizer?");
+StepLoader::Filled LanguageModelTask::fill_step(int32_t* x, int32_t* y) {
+  StepLoader::Filled f;
+  f.position = loader_position();
+  train_->next(x, y);  // the step's B·accum windows
+  const int64_t n = B_ * ctx_.plan.accum;
+  f.batch.examples = n;
+  f.batch.units = n * T_;
+  f.batch.loss_tokens = cross_entropy_count_valid(y, n * T_);  // every position of a pretraining window
+  return f;
 }
 
-Tensor LanguageModelTask::upload(const std::vector<int32_t>& ids, int64_t B) const {
-  Tensor t = Tensor::from_vector(ids, {B, T_}, device_);  // (B, T)
-  t.set_name("tokens");
-  return t;
+StepBatch LanguageModelTask::begin_step() {
+  step_ = &loader_->next();
+  return step_->batch;
 }
 
-TaskStats LanguageModelTask::train_micro_batch(float loss_scale) {
-  if (micro_ == 0) {
-    train_->next(x_.data(), y_.data());  // the step's B·accum windows
-    check_ids(x_, "data.train_shards");
-    check_ids(y_, "data.train_shards");
-  }
-  const size_t n = static_cast<size_t>(B_ * T_), first = static_cast<size_t>(micro_) * n;
-  const std::vector<int32_t> x(x_.begin() + first, x_.begin() + first + n), y(y_.begin() + first, y_.begin() + first + n);
-  micro_ = (micro_ + 1) % accum_;
-  Tensor logits = model_->forward(upload(x, B_));  // (B, T, Vp)
-  const nn::LossSum ls = loss_.forward_backward(logits, y, V_, loss_scale);
+void LanguageModelTask::train_micro_batch(int64_t micro, float loss_scale, LossStats& stats) {
+  KILN_CHECK(step_ && micro >= 0 && micro < ctx_.plan.accum, "train_micro_batch " << micro << " outside the step");
+  const int64_t n = B_ * T_;
+  const Tensor x = step_->arrays[0].view(micro * n, {B_, T_});
+  const Tensor y = step_->arrays[1].view(micro * n, {n});
+  Tensor logits = model_->forward(x);  // (B, T, Vp)
+  const Tensor losses = loss_.forward_backward_rows(logits, y, V_, loss_scale);
+  stats.add_losses(losses, y);
   model_->backward(logits);  // logits now hold dL/dlogits
-  TaskStats st;
-  st.loss_sum = ls.sum;
-  st.loss_count = ls.count;
-  st.samples = B_;
-  st.tokens = B_ * T_;
-  return st;
 }
 
 TaskStats LanguageModelTask::evaluate(Split split, int64_t max_batches) {
@@ -263,53 +243,55 @@ TaskStats LanguageModelTask::evaluate(Split split, int64_t max_batches) {
   if (!has_split(split)) return st;
   const std::vector<std::string>& paths = split == Split::val ? val_paths_ : train_paths_;
   const int64_t windows = split == Split::val ? val_windows_ : sequential_windows(train_paths_, T_);
-  const ProcessInfo& pi = process_info();
   // Evaluation batches may be smaller than training ones when the split is small.
-  const int64_t eb = std::min<int64_t>(B_, windows / pi.world);
+  const int64_t eb = std::min<int64_t>(B_, windows / ctx_.world);
   if (eb < 1) return st;
   TokenLoaderOptions lo;
   lo.batch = eb;
   lo.seq_len = T_;
   lo.shuffle = false;
   lo.seed = cfg_.seed;
-  lo.rank = pi.rank;
-  lo.world = pi.world;
+  lo.rank = ctx_.rank;
+  lo.world = ctx_.world;
   lo.vocab_size = V_;
   TokenLoader loader(paths, lo);
   int64_t steps = loader.steps_per_epoch();
   if (max_batches > 0) steps = std::min(steps, max_batches);
+  LossStats sums(ctx_.device);
   std::vector<int32_t> x(static_cast<size_t>(eb * T_)), y(x.size());
-  const char* what = split == Split::val ? "data.val_shards" : "data.train_shards";
   for (int64_t s = 0; s < steps; ++s) {
     loader.next(x.data(), y.data());
-    check_ids(x, what);
-    check_ids(y, what);
-    Tensor logits = model_->forward(upload(x, eb));
-    const nn::LossSum ls = loss_.forward(logits, y, V_);
-    st.loss_sum += ls.sum;
-    st.loss_count += ls.count;
+    const Tensor logits = model_->forward(Tensor::from_vector(x, {eb, T_}, ctx_.device));
+    const Tensor targets = Tensor::from_vector(y, {eb * T_}, ctx_.device);
+    sums.add_losses(loss_.forward_rows(logits, targets, V_), targets);
+    st.loss_count += cross_entropy_count_valid(y.data(), eb * T_);
     st.samples += eb;
-    st.tokens += eb * T_;
+    st.units += eb * T_;
   }
+  st.loss_sum = sums.read()[0];
   return st;
 }
 
-nlohmann::json LanguageModelTask::data_state() const {
-  // Checkpoints fall on step boundaries, so micro_ is 0 there.
+nlohmann::json LanguageModelTask::loader_position() const {
   const LoaderPosition p = train_->position();
-  return {{"epoch", p.epoch}, {"step", p.step}, {"fingerprint", p.fingerprint}, {"micro", micro_}};
+  return {{"epoch", p.epoch}, {"step", p.step}, {"fingerprint", p.fingerprint}, {"micro", 0}};
+}
+
+nlohmann::json LanguageModelTask::data_state() const {
+  // Checkpoints fall on step boundaries: the position is the next step's.
+  return loader_->position([this] { return loader_position(); });
 }
 
 void LanguageModelTask::restore_data_state(const nlohmann::json& j) {
   KILN_INPUT_CHECK(j.is_object() && j.contains("epoch") && j.contains("step") && j.contains("fingerprint"),
                    "checkpoint state.json: 'data' must hold epoch, step and fingerprint (token loader position)");
+  KILN_INPUT_CHECK(j.value("micro", int64_t{0}) == 0, "checkpoint state.json: saved in the middle of a step");
+  loader_->reset();
   LoaderPosition p;
   p.epoch = j.at("epoch").get<uint64_t>();
   p.step = j.at("step").get<uint64_t>();
   p.fingerprint = j.at("fingerprint").get<uint64_t>();
   train_->set_position(p);
-  micro_ = 0;
-  KILN_INPUT_CHECK(j.value("micro", int64_t{0}) == 0, "checkpoint state.json: saved in the middle of a step");
 }
 
 std::string LanguageModelTask::sample_text() {
@@ -322,44 +304,30 @@ std::string LanguageModelTask::sample_text() {
   g.seed = cfg_.seed;
   // No stop token: the log shows where the model ends documents
   // ("<|endoftext|>" in the text), which says something about it too.
-  return tokenizer_->decode(model_->generate({eot >= 0 ? eot : 0}, g));
+  return tokenizer_->decode(gpt_->generate({eot >= 0 ? eot : 0}, g));
 }
 
 // --- loading a trained GPT -------------------------------------------------------------
 
 LoadedGpt load_gpt_checkpoint(const std::string& path, const std::vector<std::string>& overrides) {
-  KILN_INPUT_CHECK(fs::is_directory(path), "'" << path << "' is not a run or checkpoint directory");
-  std::string ckpt = path, run_dir;
-  if (fs::exists(fs::path(path) / kCheckpointManifest)) {
-    run_dir = fs::path(path).lexically_normal().parent_path().parent_path().string();  // RUN/checkpoints/step_N
-    if (run_dir.empty()) run_dir = ".";
-  } else {
-    run_dir = path;
-    std::optional<std::string> latest = find_latest_valid_checkpoint(path);
-    KILN_INPUT_CHECK(latest.has_value(), "'" << path << "' holds no valid checkpoint (looked in "
-                                              << checkpoints_root(path) << ")");
-    ckpt = *latest;
-  }
-  const std::string cfg_path = (fs::path(run_dir) / "config.yaml").string();
-  KILN_INPUT_CHECK(fs::exists(cfg_path), "'" << cfg_path << "' is missing: the run's config.yaml says what model "
-                                             << "the checkpoint holds");
+  CheckpointSource src = resolve_checkpoint(path, overrides);
   LoadedGpt out;
-  out.cfg = load_config(cfg_path, overrides);
-  KILN_INPUT_CHECK(out.cfg.model.type == ModelType::gpt, cfg_path << ": model.type is not gpt");
-  out.checkpoint = ckpt;
-  out.device = resolve_device(out.cfg.device, process_info().local_rank, /*announce=*/false);
+  out.cfg = src.cfg;
+  out.checkpoint = src.checkpoint;
+  KILN_INPUT_CHECK(find_model(out.cfg.model.type) && find_model(out.cfg.model.type)->input == ModelInput::tokens,
+                   src.run_dir << "/config.yaml: model.type " << out.cfg.model.type << " is not a language model");
+  out.device = resolve_device(out.cfg.device, /*local_rank=*/0, /*announce=*/false);
   set_current_device(out.device);
-  const DType compute =
-      out.cfg.precision == Precision::bf16 && out.device.is_cuda() ? DType::bf16 : DType::f32;
+  const DType compute = out.cfg.precision == Precision::bf16 && out.device.is_cuda() ? DType::bf16 : DType::f32;
   out.rng = std::make_shared<nn::RngStream>();
   out.rng->seed = out.cfg.seed;
-  out.model = std::make_unique<nn::Gpt>(gpt_options(out.cfg), out.rng);
+  BuiltModel built = build_model(out.cfg, DataShape{}, out.rng);
+  auto* gpt = dynamic_cast<nn::Gpt*>(built.module.get());
+  KILN_INPUT_CHECK(gpt, src.run_dir << "/config.yaml: model.type " << out.cfg.model.type << " is not a GPT");
+  built.module.release();
+  out.model.reset(gpt);
   out.model->to(out.device, DType::f32, compute);
-  Checkpoint ck = load_checkpoint(ckpt);
-  for (nn::Parameter* p : out.model->parameters()) {
-    load_into(ck.weights, p->name, p->value);
-    if (p->lowp.defined()) p->lowp.copy_from(p->value.cast(DType::bf16));
-  }
+  load_model_state(load_checkpoint(src.checkpoint), *out.model);
   out.model->eval();
   return out;
 }

@@ -1,11 +1,13 @@
-// Language-model pretraining (data.type: tokens, model.type: gpt): next-token
-// prediction on llm.c token shards with a GPT, cross-entropy over every
-// position.
+// Language-model pretraining (data.type: tokens): next-token prediction on
+// llm.c token shards with the language model the registry builds for
+// model.type (a GPT), cross-entropy over every position.
 //
-// An "example" is one sequence of T = model.gpt.block_size tokens (a window
-// of T + 1 tokens from the shards: x = the first T, y = the last T). The
-// trainer's batch_size counts sequences; TaskStats.samples counts sequences
-// and TaskStats.tokens counts B·T tokens; the loss is the mean over tokens.
+// An "example" is one sequence of T tokens (the model's context; a window of
+// T + 1 tokens from the shards: x = the first T, y = the last T). The
+// trainer's batch_size counts sequences; a step's StepBatch counts sequences
+// (examples) and B·T tokens (units, loss_tokens); the loss is the mean over
+// tokens. Batches come from a StepLoader (read a step ahead, uploaded from
+// pinned memory).
 //
 // Data on a fresh checkout: when data.tokenizer has no encoder.json, or
 // data.train_shards / data.val_shards match no file, and data.text_files is
@@ -18,7 +20,7 @@
 //     data.val_fraction) in the directory of data.train_shards, named
 //     train_NNNNNN.bin and val_NNNNNN.bin (the globs must match those names).
 // A new tokenizer always rebuilds the shards (old ones used other ids). Only
-// rank 0 builds; other ranks wait for its prepare.json.
+// rank 0 builds; the others wait for it at a barrier of the communicator.
 #pragma once
 
 #include <memory>
@@ -30,12 +32,10 @@
 #include "nn/gpt.h"
 #include "nn/loss.h"
 #include "trainers/config.h"
+#include "trainers/step_loader.h"
 #include "trainers/task.h"
 
 namespace kiln {
-
-/// The GPT a config describes (seed = the config's seed).
-nn::GptOptions gpt_options(const TrainConfig& cfg);
 
 /// Files matching a glob pattern, sorted; empty when none (or pattern empty).
 std::vector<std::string> glob_files(const std::string& pattern);
@@ -43,26 +43,29 @@ std::vector<std::string> glob_files(const std::string& pattern);
 /// Builds the tokenizer and shards `cfg` names if they are missing (see the
 /// header comment); a no-op when everything exists. InputError when
 /// something is missing and cannot be built (no data.text_files, globs that
-/// would not match the built names).
-void ensure_token_data(const TrainConfig& cfg);
+/// would not match the built names). With a communicator of more than one
+/// process, rank 0 builds and every rank leaves after a barrier (so the
+/// others never poll the file system; a failure on rank 0 ends the job).
+void ensure_token_data(const TrainConfig& cfg, Communicator* comm = nullptr);
 
 class LanguageModelTask : public Task {
  public:
-  /// Builds missing data (ensure_token_data), opens the shards and the
-  /// tokenizer, builds the GPT (loading model.init_from, a Hugging Face
-  /// GPT-2 safetensors file, when set).
-  LanguageModelTask(const TrainConfig& cfg, Device device);
+  /// Builds missing data (ensure_token_data over ctx's communicator), opens
+  /// the shards and the tokenizer, and builds the registry's model for
+  /// model.type (a GPT).
+  LanguageModelTask(const TrainConfig& cfg, const TaskContext& ctx);
 
   nn::Module& model() override { return *model_; }
   nn::RngStream& rng() override { return *rng_; }
-  TaskStats train_micro_batch(float loss_scale) override;
+  StepBatch begin_step() override;
+  void train_micro_batch(int64_t micro, float loss_scale, LossStats& stats) override;
   /// Mean token loss over the split's sequential windows (at most
   /// max_batches batches; 0 = all). Splits: train and val.
   TaskStats evaluate(Split split, int64_t max_batches) override;
   bool has_split(Split s) const override;
   /// Sequences per epoch over all ranks (an epoch is whole optimizer steps).
   int64_t train_examples() const override { return train_->windows_per_epoch(); }
-  bool is_classifier() const override { return false; }
+  bool has_accuracy() const override { return false; }
   const char* unit() const override { return "tokens"; }
   /// FLOPs per sequence: T · (6·N + 12·L·H·Q·T) (nn::Gpt::train_flops_per_token).
   double train_flops_per_example() const override { return flops_per_sequence_; }
@@ -74,28 +77,28 @@ class LanguageModelTask : public Task {
   std::string sample_text() override;
   std::string describe_data() const override;
 
-  nn::Gpt& gpt() { return *model_; }
+  nn::Gpt& gpt() { return *gpt_; }
   /// The tokenizer (null when the config names none).
   const Tokenizer* tokenizer() const { return tokenizer_.get(); }
 
  private:
-  Tensor upload(const std::vector<int32_t>& ids, int64_t B) const;  // (B, T) on the device
-  void check_ids(const std::vector<int32_t>& ids, const char* what) const;
+  StepLoader::Filled fill_step(int32_t* x, int32_t* y);
+  nlohmann::json loader_position() const;
 
   TrainConfig cfg_;
-  Device device_;
-  int64_t T_, B_, V_;
+  TaskContext ctx_;
+  int64_t T_ = 0, B_ = 0, V_ = 0;
   std::vector<std::string> train_paths_, val_paths_;
   std::unique_ptr<TokenLoader> train_;
   int64_t val_windows_ = 0;  // sequential windows in the val shards
   std::unique_ptr<Tokenizer> tokenizer_;
   std::shared_ptr<nn::RngStream> rng_;
-  std::unique_ptr<nn::Gpt> model_;
+  std::unique_ptr<nn::Module> model_;
+  nn::Gpt* gpt_ = nullptr;  // model_ as a GPT (sampling)
   nn::CrossEntropyLoss loss_;
   double flops_per_sequence_ = 0;
-  int64_t accum_ = 1;           // micro-batches per step (trainer's plan_batch)
-  int64_t micro_ = 0;           // next micro-batch within the step
-  std::vector<int32_t> x_, y_;  // host buffers of a step's windows (B·accum, T)
+  std::unique_ptr<StepLoader> loader_;
+  const StepLoader::Step* step_ = nullptr;  // the current step's tokens on the device
 };
 
 /// A trained GPT loaded from a checkpoint directory, or a run directory (its

@@ -66,7 +66,7 @@ int cmd_train(int argc, char** argv, bool validate_only) {
   if (!root) return 0;
   std::fprintf(stderr, "kiln: done: %lld steps in %.1f s (%.0f examples/s)", static_cast<long long>(r.steps),
                r.wall_s, r.examples_per_s);
-  if (r.test_accuracy > 0) std::fprintf(stderr, ", test loss %.4f, test accuracy %.4f", r.test_loss, r.test_accuracy);
+  if (r.has_accuracy) std::fprintf(stderr, ", test loss %.4f, test accuracy %.4f", r.test_loss, r.test_accuracy);
   else if (r.val_loss > 0) std::fprintf(stderr, ", val loss %.4f", r.val_loss);
   std::fprintf(stderr, "; run dir %s\n", r.run_dir.c_str());
   return 0;
@@ -90,11 +90,10 @@ int cmd_eval(int argc, char** argv) {
       overrides.emplace_back(argv[i]);
     }
   }
-  kiln::TrainConfig cfg;
-  kiln::TaskStats st = kiln::evaluate_checkpoint(argv[2], split, overrides, &cfg);
+  const kiln::CheckpointEval ev = kiln::evaluate_checkpoint(argv[2], split, overrides);
+  const kiln::TaskStats& st = ev.stats;
   std::printf("{\"split\": \"%s\", \"loss\": %.6f", kiln::split_name(split), st.mean_loss());
-  if (st.samples && st.correct >= 0 && cfg.model.type != kiln::ModelType::gpt)
-    std::printf(", \"accuracy\": %.6f", st.accuracy());
+  if (ev.has_accuracy) std::printf(", \"accuracy\": %.6f", st.accuracy());
   std::printf(", \"examples\": %lld}\n", static_cast<long long>(st.samples));
   return 0;
 }

@@ -1,20 +1,13 @@
 #include "trainers/trainer.h"
 
-#include <sys/stat.h>
-
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
-#include <functional>
 #include <map>
-#include <optional>
 #include <sstream>
 #include <thread>
 
-#include "data/safetensors.h"
-#include "data/safetensors_tensor.h"
 #include "nn/optimizer.h"
 #include "nn/schedule.h"
 #include "runtime/atomic_file.h"
@@ -25,17 +18,11 @@
 #include "trainers/checkpoint.h"
 #include "trainers/grad_reducer.h"
 #include "trainers/metrics.h"
+#include "trainers/models.h"
+#include "trainers/run_checkpoint.h"
+#include "trainers/step_guard.h"
 
 namespace kiln {
-
-const char* split_name(Split s) {
-  switch (s) {
-    case Split::train: return "train";
-    case Split::val: return "val";
-    case Split::test: return "test";
-  }
-  return "?";
-}
 
 namespace {
 
@@ -75,11 +62,6 @@ nn::ScheduleConfig schedule_config(const TrainConfig& c, int64_t total_steps) {
   return s;
 }
 
-void refresh_lowp(nn::Module& m) {
-  for (nn::Parameter* p : m.parameters())
-    if (p->lowp.defined()) p->lowp.copy_from(p->value.cast(DType::bf16));
-}
-
 // Dense bf16 (or fp32 when training in fp32) tensor-core peaks by name, for
 // MFU; mfu.peak_tflops overrides. 0 = unknown (no MFU reported).
 double peak_tflops(const TrainConfig& cfg, Device device) {
@@ -114,328 +96,487 @@ uint64_t rank_seed(uint64_t base, int rank) {
 }
 
 // Sums a TaskStats over ranks (identity for a world of one).
-void all_reduce_stats(Communicator& comm, TaskStats& st, const char* what, bool* any_nonfinite = nullptr) {
-  const bool bad = !std::isfinite(st.loss_sum);
-  if (comm.world() == 1) {
-    if (any_nonfinite) *any_nonfinite = bad;
-    return;
-  }
-  std::vector<double> v = {st.loss_sum,
-                           static_cast<double>(st.loss_count),
-                           static_cast<double>(st.correct),
-                           static_cast<double>(st.samples),
-                           static_cast<double>(st.tokens),
-                           bad ? 1.0 : 0.0};
+void all_reduce_stats(Communicator& comm, TaskStats& st, const char* what) {
+  if (comm.world() == 1) return;
+  std::vector<double> v = {st.loss_sum, static_cast<double>(st.loss_count), static_cast<double>(st.correct),
+                           static_cast<double>(st.samples), static_cast<double>(st.units)};
   comm.all_reduce_values(v, ReduceOp::sum, what);
   st.loss_sum = v[0];
   st.loss_count = static_cast<int64_t>(v[1]);
   st.correct = static_cast<int64_t>(v[2]);
   st.samples = static_cast<int64_t>(v[3]);
-  st.tokens = static_cast<int64_t>(v[4]);
-  if (any_nonfinite) *any_nonfinite = v[5] > 0.0;
+  st.units = static_cast<int64_t>(v[4]);
 }
 
-TrainResult run_training(const TrainConfig& cfg, const TrainOptions& topt, const BatchPlan& plan, Device device,
-                         Communicator& comm) {
-  const auto t_start = Clock::now();
-  const int rank = comm.rank(), world = comm.world();
-  const bool root = comm.is_root();
-  DType compute = DType::f32;
-  if (cfg.precision == Precision::bf16) {
-    if (device.is_cuda()) compute = DType::bf16;
-    else if (root) std::fprintf(stderr, "kiln: precision bf16 runs as fp32 on the CPU\n");
+// The steps of the current log window, on the device until read: each
+// step's loss and correct-count sums (LossStats, one row per step) and its
+// norm and skip flag (copied from the StepGuard after the step), beside the
+// host-known counts of its batch.
+class StepRecords {
+ public:
+  StepRecords(Device device, int64_t capacity)
+      : stats_(device, capacity),
+        norms_(Tensor::zeros({capacity}, DType::f32, device, "window.grad_norms")),
+        flags_(Tensor::zeros({capacity}, DType::f32, device, "window.skipped")) {}
+
+  bool full() const { return static_cast<int64_t>(counts_.size()) == stats_.rows(); }
+  bool empty() const { return counts_.empty(); }
+  int64_t first_step() const { return first_; }
+  int64_t pending() const { return static_cast<int64_t>(counts_.size()); }
+
+  /// Stats of the step about to run go to its own row.
+  LossStats& open(int64_t step) {
+    if (counts_.empty()) first_ = step;
+    stats_.select(static_cast<int64_t>(counts_.size()));
+    return stats_;
+  }
+  /// The step's global counts, norm and flag (device copies, no wait).
+  void close(const StepBatch& global, const StepGuard& guard) {
+    const int64_t r = static_cast<int64_t>(counts_.size());
+    norms_.view(r, {1}).copy_from(guard.norm());
+    flags_.view(r, {1}).copy_from(guard.flag());
+    counts_.push_back(global);
   }
 
-  const std::string run_dir = cfg.output_dir;
-  if (root) {
-    std::filesystem::create_directories(run_dir);
-    write_file_atomic(run_dir + "/config.yaml", to_yaml(cfg));
+  struct Step {
+    TaskStats stats;  // over all ranks
+    double grad_norm = 0;
+    bool skipped = false;
+  };
+  /// The pending steps on the host, losses and correct counts summed over
+  /// ranks (the window's one device wait, and one host all-reduce); resets.
+  std::vector<Step> read(Communicator& comm) {
+    const size_t n = counts_.size();
+    std::vector<Step> out(n);
+    if (n == 0) return out;
+    std::vector<double> sums = stats_.read();  // waits for the device: every step of the window is done
+    const std::vector<float> norms = norms_.to_vector(), flags = flags_.to_vector();
+    std::vector<double> mine(2 * n);
+    for (size_t i = 0; i < 2 * n; ++i) mine[i] = sums[i];
+    if (comm.world() > 1) comm.all_reduce_values(mine, ReduceOp::sum, "window stats");
+    for (size_t i = 0; i < n; ++i) {
+      Step& s = out[i];
+      s.stats.loss_sum = mine[2 * i];
+      s.stats.correct = static_cast<int64_t>(mine[2 * i + 1]);
+      s.stats.loss_count = counts_[i].loss_tokens;
+      s.stats.samples = counts_[i].examples;
+      s.stats.units = counts_[i].units;
+      s.grad_norm = norms[i];
+      s.skipped = flags[i] != 0.0f;
+    }
+    counts_.clear();
+    stats_.zero();
+    return out;
   }
 
-  std::unique_ptr<Task> task = make_task(cfg, device);
-  nn::Module& model = task->model();
-  model.to(device, DType::f32, compute);
-  std::vector<nn::Parameter*> params = model.parameters();
-  uint64_t base_seed = task->rng().seed;
-  task->rng().seed = rank_seed(base_seed, rank);
+ private:
+  LossStats stats_;
+  Tensor norms_, flags_;
+  std::vector<StepBatch> counts_;  // global counts of each pending step
+  int64_t first_ = 0;              // steps done before the first pending one
+};
+
+// One training run: set-up, resume, the step loop and its cadences, the
+// final evaluation. Each piece is one method.
+class Run {
+ public:
+  Run(const TrainConfig& cfg, const TrainOptions& topt, const TaskContext& ctx);
+  TrainResult execute();
+
+ private:
+  void announce() const;
+  void resume();
+  void broadcast_initial_state();
+  void start_reporting();
+  void train_step(int64_t step);
+  void read_window();
+  void log_window(int64_t done);
+  TaskStats evaluate(Split split, int64_t step);
+  void sample(int64_t step);
+  void save(int64_t step);
+  void message(const std::string& line) const {
+    if (progress_) progress_->message(line);
+  }
+  void write_metrics(const nlohmann::json& line) const {
+    if (metrics_) metrics_->write(line);
+  }
+
+  const TrainConfig& cfg_;
+  const TrainOptions& topt_;
+  TaskContext ctx_;
+  Communicator& comm_;
+  const bool root_;
+  const Clock::time_point t_start_ = Clock::now();
+  std::string run_dir_;
+
+  std::unique_ptr<Task> task_;
+  nn::Module* model_ = nullptr;
+  std::vector<nn::Parameter*> trainable_;
+  nn::OptimizerOptions oopt_;
+  std::unique_ptr<GradReducer> reducer_;
+  std::unique_ptr<nn::Optimizer> optimizer_;
+  std::unique_ptr<StepGuard> guard_;
+  std::unique_ptr<StepRecords> records_;
+  std::unique_ptr<nn::LrSchedule> schedule_;
+  uint64_t base_seed_ = 0;
+  int64_t steps_per_epoch_ = 0, total_steps_ = 0, start_step_ = 0;
+  int64_t optimizer_steps_ = 0;  // updates applied, as of the last read window
+
+  std::unique_ptr<MetricsWriter> metrics_;
+  std::unique_ptr<ConsoleReporter> progress_;
+  StepReport report_;
+  double peak_flops_ = 0;
+  TaskStats window_;  // read steps of the current log window
+  double window_norm_ = 0, window_lr_ = 0;
+  Clock::time_point t_window_;
+  double examples_total_ = 0, time_total_ = 0;
+  TrainResult result_;
+};
+
+Run::Run(const TrainConfig& cfg, const TrainOptions& topt, const TaskContext& ctx)
+    : cfg_(cfg), topt_(topt), ctx_(ctx), comm_(ctx.communicator()), root_(ctx.is_root()), run_dir_(cfg.output_dir) {
+  if (cfg.precision == Precision::bf16 && !ctx_.device.is_cuda() && root_)
+    std::fprintf(stderr, "kiln: precision bf16 runs as fp32 on the CPU\n");
+  check_init_from(cfg);  // a typo stops before any data is built
+  if (root_) {
+    std::filesystem::create_directories(run_dir_);
+    write_file_atomic(run_dir_ + "/config.yaml", to_yaml(cfg));
+  }
+
+  task_ = topt.make_task ? topt.make_task(cfg, ctx_) : make_task(cfg, ctx_);
+  model_ = &task_->model();
+  apply_init_from(cfg, *model_);
+  model_->to(ctx_.device, DType::f32, ctx_.compute);
+  trainable_ = model_->trainable_parameters();
+  base_seed_ = task_->rng().seed;
+  task_->rng().seed = rank_seed(base_seed_, ctx_.rank);
 
   // Data parallelism: gradients are views into the reducer's buckets from
   // here on; the optimizer runs over this rank's shard under ZeRO-1.
-  std::unique_ptr<GradReducer> reducer;
-  if (world > 1 || cfg.dist.zero_stage == 1) {
+  if (ctx_.world > 1 || cfg.dist.zero_stage == 1) {
     GradReducerOptions ro;
     ro.bucket_mb = cfg.dist.bucket_mb;
     ro.zero_stage = cfg.dist.zero_stage;
-    reducer = std::make_unique<GradReducer>(model, params, comm, ro);
+    reducer_ = std::make_unique<GradReducer>(*model_, trainable_, comm_, ro);
   }
-  const nn::OptimizerOptions oopt = optimizer_options(cfg);
-  nn::Optimizer optimizer(reducer ? reducer->optimizer_params() : params, oopt);
+  oopt_ = optimizer_options(cfg);
+  optimizer_ = std::make_unique<nn::Optimizer>(reducer_ ? reducer_->optimizer_params() : trainable_, oopt_);
+  guard_ = std::make_unique<StepGuard>(ctx_.device, cfg.optim.grad_clip,
+                                       /*sticky=*/cfg.dist.on_nonfinite == NonfiniteAction::stop);
+  // One row per step of a log window (bounded); with an after_step hook
+  // every step is read at once.
+  const int64_t rows = topt.after_step ? 1 : std::min<int64_t>(cfg.train.log_every, 1024);
+  records_ = std::make_unique<StepRecords>(ctx_.device, rows);
 
-  const int64_t global_batch = plan.global;
-  const int64_t steps_per_epoch = task->train_examples() / global_batch;
-  KILN_INPUT_CHECK(steps_per_epoch > 0 || cfg.train.max_steps > 0,
-                   "the global batch " << global_batch << " (train.batch_size " << plan.micro << " x grad_accum "
-                                       << plan.accum << " x " << world << " processes) exceeds the "
-                                       << task->train_examples() << " training examples");
-  int64_t total_steps = cfg.train.max_steps;
+  const BatchPlan& plan = ctx_.plan;
+  steps_per_epoch_ = task_->train_examples() / plan.global;
+  KILN_INPUT_CHECK(steps_per_epoch_ > 0 || cfg.train.max_steps > 0,
+                   "the global batch " << plan.global << " (train.batch_size " << plan.micro << " x grad_accum "
+                                       << plan.accum << " x " << ctx_.world << " processes) exceeds the "
+                                       << task_->train_examples() << " training examples");
+  total_steps_ = cfg.train.max_steps;
   if (cfg.train.epochs > 0) {
-    const int64_t by_epochs = cfg.train.epochs * steps_per_epoch;
-    total_steps = total_steps > 0 ? std::min(total_steps, by_epochs) : by_epochs;
+    const int64_t by_epochs = cfg.train.epochs * steps_per_epoch_;
+    total_steps_ = total_steps_ > 0 ? std::min(total_steps_, by_epochs) : by_epochs;
   }
-  KILN_INPUT_CHECK(total_steps > 0, "the run has no steps: set train.epochs or train.max_steps");
-  const nn::LrSchedule schedule(schedule_config(cfg, total_steps));
+  KILN_INPUT_CHECK(total_steps_ > 0, "the run has no steps: set train.epochs or train.max_steps");
+  schedule_ = std::make_unique<nn::LrSchedule>(schedule_config(cfg, total_steps_));
+  peak_flops_ = peak_tflops(cfg, ctx_.device) * 1e12;
+  result_.run_dir = run_dir_;
+  result_.has_accuracy = task_->has_accuracy();
+}
 
-  if (root) {
-    std::fprintf(stderr, "kiln: %s on %s (%s), %lld parameters\n", cfg.name.c_str(), device.str().c_str(),
-                 compute == DType::bf16 ? "bf16" : "fp32", static_cast<long long>(model.num_parameters()));
-    std::fprintf(stderr, "kiln: data: %s\n", task->describe_data().c_str());
-    if (world > 1 || reducer)
-      std::fprintf(stderr, "kiln: data parallel: %d process%s (%s), %s\n", world, world == 1 ? "" : "es",
-                   comm.backend(), reducer->describe().c_str());
+void Run::announce() const {
+  if (!root_) return;
+  const int world = ctx_.world;
+  std::fprintf(stderr, "kiln: %s on %s (%s): %s, %lld parameters (%lld trainable)\n", cfg_.name.c_str(),
+               ctx_.device.str().c_str(), ctx_.compute == DType::bf16 ? "bf16" : "fp32",
+               model_->describe().c_str(), static_cast<long long>(model_->num_parameters()),
+               static_cast<long long>(model_->num_trainable_parameters()));
+  std::fprintf(stderr, "kiln: data: %s\n", task_->describe_data().c_str());
+  if (reducer_)
+    std::fprintf(stderr, "kiln: data parallel: %d process%s (%s), %s\n", world, world == 1 ? "" : "es",
+                 comm_.backend(), reducer_->describe().c_str());
+  std::fprintf(stderr,
+               "kiln: global batch %lld (micro-batch %lld x grad_accum %lld x %d process%s), %lld steps per "
+               "epoch, %lld steps, run dir %s\n",
+               static_cast<long long>(ctx_.plan.global), static_cast<long long>(ctx_.plan.micro),
+               static_cast<long long>(ctx_.plan.accum), world, world == 1 ? "" : "es",
+               static_cast<long long>(steps_per_epoch_), static_cast<long long>(total_steps_), run_dir_.c_str());
+}
+
+// Rank 0 picks the checkpoint; every rank reads it (full weights, buffers
+// and optimizer state, whatever process count wrote it).
+void Run::resume() {
+  if (cfg_.train.resume == "none") return;
+  std::string dir;
+  if (root_) {
+    if (cfg_.train.resume == "auto") dir = find_latest_valid_checkpoint(run_dir_).value_or("");
+    else dir = cfg_.train.resume;
+  }
+  comm_.broadcast_string(dir, 0, "resume checkpoint path");
+  if (dir.empty()) {
+    if (cfg_.train.resume != "auto") throw InputError("train.resume: no checkpoint at '" + cfg_.train.resume + "'");
+    return;
+  }
+  Checkpoint ck = load_checkpoint(dir);
+  load_model_state(ck, *model_);
+  std::vector<std::pair<std::string, Shape>> layout;
+  if (reducer_) layout = reducer_->state_layout(oopt_);
+  else
+    for (auto& [name, t] : optimizer_->state()) layout.emplace_back(name, t.shape());
+  std::map<std::string, Tensor> opt_state;
+  for (auto& [name, shape] : layout) {
+    Tensor host = Tensor::empty(shape, DType::f32, Device::cpu(), name);
+    load_into(ck.optimizer, name, host);  // shape and dtype checked, named in errors
+    opt_state[name] = host;
+  }
+  const nlohmann::json& s = ck.state;
+  start_step_ = s.at("step").get<int64_t>();
+  optimizer_steps_ = s.at("optimizer_steps").get<int64_t>();
+  if (reducer_) reducer_->load_state(*optimizer_, opt_state, optimizer_steps_);
+  else optimizer_->load_state(opt_state, optimizer_steps_);
+  base_seed_ = s.at("rng_seed").get<uint64_t>();
+  task_->rng().seed = rank_seed(base_seed_, ctx_.rank);
+  task_->rng().offset = s.at("rng_offset").get<uint64_t>();
+  task_->restore_data_state(s.at("data"));
+  if (!root_) return;
+  std::fprintf(stderr, "kiln: resumed from %s at step %lld\n", dir.c_str(), static_cast<long long>(start_step_));
+  const int64_t ck_world = s.value("world", int64_t{1});
+  const int64_t ck_global = s.value("global_batch", ctx_.plan.global);
+  if (ck_world != ctx_.world || ck_global != ctx_.plan.global)
     std::fprintf(stderr,
-                 "kiln: global batch %lld (micro-batch %lld x grad_accum %lld x %d process%s), %lld steps per "
-                 "epoch, %lld steps, run dir %s\n",
-                 static_cast<long long>(global_batch), static_cast<long long>(plan.micro),
-                 static_cast<long long>(plan.accum), world, world == 1 ? "" : "es",
-                 static_cast<long long>(steps_per_epoch), static_cast<long long>(total_steps), run_dir.c_str());
+                 "kiln: the checkpoint was written by %lld process%s at global batch %lld; continuing on %d at "
+                 "global batch %lld%s\n",
+                 static_cast<long long>(ck_world), ck_world == 1 ? "" : "es", static_cast<long long>(ck_global),
+                 ctx_.world, static_cast<long long>(ctx_.plan.global),
+                 ck_global == ctx_.plan.global ? "" : " (set train.global_batch to keep it across process counts)");
+}
+
+// Every rank starts from rank 0's weights and buffers (initialized or resumed).
+void Run::broadcast_initial_state() {
+  if (ctx_.world == 1) return;
+  for (const NamedTensor& t : model_state(*model_)) comm_.broadcast(t.second, 0, "initial " + t.first);
+  model_->refresh_lowp();
+}
+
+// Only rank 0 writes metrics and talks.
+void Run::start_reporting() {
+  report_.unit = std::string(task_->unit()) + "/s";
+  if (!root_) return;
+  metrics_ = std::make_unique<MetricsWriter>(run_dir_ + "/metrics.jsonl", start_step_ > 0 ? start_step_ : -1);
+  ConsoleReporter::Options ro;
+  ro.total_steps = total_steps_;
+  ro.log_every = cfg_.train.log_every;
+  ro.out = stderr;
+  progress_ = std::make_unique<ConsoleReporter>(ro);
+  progress_->start(start_step_);
+}
+
+// One optimizer step. Nothing here waits on the device: losses and counts
+// go to the step's record row, the norm and the skip decision stay on the
+// device, and the only host collective is the three batch counts.
+void Run::train_step(int64_t step) {
+  if (topt_.before_step) topt_.before_step(step, *model_);
+  model_->zero_grad();
+  StepBatch global = task_->begin_step();
+  if (ctx_.world > 1) {
+    std::vector<double> v = {static_cast<double>(global.examples), static_cast<double>(global.units),
+                             static_cast<double>(global.loss_tokens)};
+    comm_.all_reduce_values(v, ReduceOp::sum, "step token counts");
+    global.examples = static_cast<int64_t>(v[0]);
+    global.units = static_cast<int64_t>(v[1]);
+    global.loss_tokens = static_cast<int64_t>(v[2]);
   }
-
-  // --- resume ---------------------------------------------------------------
-  // Rank 0 picks the checkpoint; every rank reads it (full weights and full
-  // optimizer state, whatever process count wrote it).
-  int64_t start_step = 0;
-  if (cfg.train.resume != "none") {
-    std::string dir;
-    if (root) {
-      if (cfg.train.resume == "auto") dir = find_latest_valid_checkpoint(run_dir).value_or("");
-      else dir = cfg.train.resume;
-    }
-    comm.broadcast_string(dir, 0, "resume checkpoint path");
-    if (!dir.empty()) {
-      Checkpoint ck = load_checkpoint(dir);
-      for (nn::Parameter* p : params) load_into(ck.weights, p->name, p->value);
-      refresh_lowp(model);
-      std::vector<std::pair<std::string, Shape>> layout;
-      if (reducer) layout = reducer->state_layout(oopt);
-      else
-        for (auto& [name, t] : optimizer.state()) layout.emplace_back(name, t.shape());
-      std::map<std::string, Tensor> opt_state;
-      for (auto& [name, shape] : layout) {
-        Tensor host = Tensor::empty(shape, DType::f32, Device::cpu(), name);
-        load_into(ck.optimizer, name, host);  // shape and dtype checked, named in errors
-        opt_state[name] = host;
-      }
-      const nlohmann::json& s = ck.state;
-      start_step = s.at("step").get<int64_t>();
-      const int64_t opt_steps = s.at("optimizer_steps").get<int64_t>();
-      if (reducer) reducer->load_state(optimizer, opt_state, opt_steps);
-      else optimizer.load_state(opt_state, opt_steps);
-      base_seed = s.at("rng_seed").get<uint64_t>();
-      task->rng().seed = rank_seed(base_seed, rank);
-      task->rng().offset = s.at("rng_offset").get<uint64_t>();
-      task->restore_data_state(s.at("data"));
-      if (root) {
-        std::fprintf(stderr, "kiln: resumed from %s at step %lld\n", dir.c_str(), static_cast<long long>(start_step));
-        const int64_t ck_world = s.value("world", int64_t{1});
-        const int64_t ck_global = s.value("global_batch", global_batch);
-        if (ck_world != world || ck_global != global_batch)
-          std::fprintf(stderr,
-                       "kiln: the checkpoint was written by %lld process%s at global batch %lld; continuing on %d "
-                       "at global batch %lld%s\n",
-                       static_cast<long long>(ck_world), ck_world == 1 ? "" : "es",
-                       static_cast<long long>(ck_global), world, static_cast<long long>(global_batch),
-                       ck_global == global_batch ? "" : " (set train.global_batch to keep it across process counts)");
-      }
-    } else if (cfg.train.resume != "auto") {
-      throw InputError("train.resume: no checkpoint at '" + cfg.train.resume + "'");
-    }
+  // The step's gradient is the mean over every loss token of the global
+  // batch: each token's loss gradient is scaled by 1 / tokens here, times
+  // world for the reducer's mean over ranks.
+  const float loss_scale =
+      global.loss_tokens > 0 ? static_cast<float>(ctx_.world) / static_cast<float>(global.loss_tokens) : 0.0f;
+  LossStats& stats = records_->open(step);
+  const int64_t accum = ctx_.plan.accum;
+  for (int64_t micro = 0; micro < accum; ++micro) {
+    if (reducer_ && micro == accum - 1) reducer_->arm();  // buckets reduce during the last backward
+    task_->train_micro_batch(micro, loss_scale, stats);
   }
+  if (reducer_) reducer_->finish();
+  guard_->begin_step();
+  guard_->compute(reducer_ ? reducer_->optimizer_params() : trainable_, reducer_ ? reducer_->norm_comm() : nullptr);
+  if (reducer_) reducer_->before_step();
+  optimizer_->step(schedule_->lr(step), guard_->inputs());
+  if (reducer_) reducer_->after_step();
+  records_->close(global, *guard_);
+}
 
-  // Every rank starts from rank 0's weights (initialized or resumed).
-  if (world > 1) {
-    for (nn::Parameter* p : params) comm.broadcast(p->value, 0, "initial weights");
-    refresh_lowp(model);
-  }
-
-  // Only rank 0 writes metrics and talks.
-  std::unique_ptr<MetricsWriter> metrics;
-  std::unique_ptr<ConsoleReporter> progress;
-  if (root) {
-    metrics = std::make_unique<MetricsWriter>(run_dir + "/metrics.jsonl", start_step > 0 ? start_step : -1);
-    ConsoleReporter::Options ro;
-    ro.total_steps = total_steps;
-    ro.log_every = cfg.train.log_every;
-    ro.out = stderr;
-    progress = std::make_unique<ConsoleReporter>(ro);
-    progress->start(start_step);
-  }
-  auto message = [&](const std::string& line) {
-    if (progress) progress->message(line);
-  };
-  auto write_metrics = [&](const nlohmann::json& line) {
-    if (metrics) metrics->write(line);
-  };
-  StepReport report;
-  report.unit = std::string(task->unit()) + "/s";
-
-  // Collective under ZeRO-1 (the state is gathered); rank 0 writes.
-  auto save = [&](int64_t step) {
-    std::vector<std::pair<std::string, Tensor>> state =
-        reducer ? reducer->gather_state(optimizer, oopt) : optimizer.state();
-    if (!root) return;
-    std::vector<NamedTensor> w;
-    for (nn::Parameter* p : params) w.emplace_back(p->name, p->value);
-    nlohmann::json s;
-    s["optimizer_steps"] = optimizer.steps();
-    s["rng_seed"] = base_seed;
-    s["rng_offset"] = task->rng().offset;
-    s["data"] = task->data_state();
-    s["config"] = cfg.name;
-    s["world"] = world;
-    s["global_batch"] = global_batch;
-    const std::string dir = save_checkpoint(run_dir, step, w, state, s);
-    prune_checkpoints(run_dir, static_cast<int>(cfg.train.keep_last));
-    message("saved checkpoint " + dir);
-  };
-
-  // Every rank evaluates (a task may shard the split by rank); the sums are
-  // combined, so means and accuracy are over everything evaluated.
-  auto run_eval = [&](Split split, int64_t step) {
-    model.eval();
-    TaskStats st = task->evaluate(split, split == Split::test ? 0 : cfg.train.eval_batches);
-    model.train();
-    all_reduce_stats(comm, st, "eval stats");
-    nlohmann::json line;
-    line["step"] = step;
-    line["split"] = split_name(split);
-    line["loss"] = st.mean_loss();
-    if (task->is_classifier()) line["accuracy"] = st.accuracy();
-    write_metrics(line);
-    std::ostringstream os;
-    os << split_name(split) << " @ step " << step << ": loss " << st.mean_loss();
-    if (task->is_classifier()) os << ", accuracy " << st.accuracy();
-    message(os.str());
-    return st;
-  };
-
-  const double peak_flops = peak_tflops(cfg, device) * 1e12;
-  TrainResult result;
-  result.run_dir = run_dir;
-  model.train();
-  const int64_t accum = plan.accum;
-  TaskStats window;
-  auto t_window = Clock::now();
-  double examples_total = 0, time_total = 0;
-  for (int64_t step = start_step; step < total_steps; ++step) {
-    const auto t_step = Clock::now();
-    if (topt.before_step) topt.before_step(step, model);
-    model.zero_grad();
-    TaskStats st;
-    for (int64_t micro = 0; micro < accum; ++micro) {
-      if (reducer && micro == accum - 1) reducer->arm();  // buckets reduce during the last backward
-      st.add(task->train_micro_batch(1.0f / static_cast<float>(accum)));
-    }
-    if (reducer) reducer->finish();
-    // Losses and counts over all ranks; a non-finite loss anywhere is seen
-    // everywhere (and a non-finite gradient anywhere makes the mean, hence
-    // the norm, non-finite on every rank).
-    bool nonfinite = false;
-    all_reduce_stats(comm, st, "step stats", &nonfinite);
-    const double norm = reducer ? reducer->grad_norm() : nn::grad_norm(params);
-    const double lr = schedule.lr(step);
-    const bool skipped = nonfinite || !std::isfinite(norm) || !std::isfinite(st.loss_sum);
-    if (skipped) {
-      if (cfg.dist.on_nonfinite == NonfiniteAction::stop)
-        throw NonFiniteError("step " + std::to_string(step + 1) +
+// Reads the pending steps back (the one device wait of a window): reports
+// skipped steps or stops, feeds the hooks and the window's sums.
+void Run::read_window() {
+  if (records_->empty()) return;
+  const int64_t first = records_->first_step();
+  const std::vector<StepRecords::Step> steps = records_->read(comm_);
+  for (size_t i = 0; i < steps.size(); ++i) {
+    const StepRecords::Step& s = steps[i];
+    const int64_t n = first + static_cast<int64_t>(i) + 1;  // 1-based step
+    if (s.skipped) {
+      // The flag comes from the global norm, so every rank decides alike.
+      if (cfg_.dist.on_nonfinite == NonfiniteAction::stop)
+        throw NonFiniteError("step " + std::to_string(n) +
                              ": non-finite loss or gradient norm (dist.on_nonfinite: stop)");
-      if (root)
+      if (root_)
         std::fprintf(stderr, "kiln: step %lld: non-finite loss or gradient norm, step skipped\n",
-                     static_cast<long long>(step + 1));
+                     static_cast<long long>(n));
     } else {
-      if (reducer) reducer->before_step();
-      optimizer.step(lr, nn::clip_scale(norm, cfg.optim.grad_clip));
-      if (reducer) reducer->after_step();
+      ++optimizer_steps_;
     }
-    if (topt.after_step) {
+    window_.add(s.stats);
+    window_norm_ = s.grad_norm;
+    report_.loss = s.stats.mean_loss();
+    if (topt_.after_step) {
       StepEvent ev;
-      ev.step = step + 1;
-      ev.loss = st.mean_loss();
-      ev.grad_norm = norm;
-      ev.skipped = skipped;
-      ev.model = &model;
-      topt.after_step(ev);
+      ev.step = n;
+      ev.loss = s.stats.mean_loss();
+      ev.grad_norm = s.grad_norm;
+      ev.skipped = s.skipped;
+      ev.model = model_;
+      topt_.after_step(ev);
     }
-    window.add(st);
+  }
+}
+
+// A train line over the log window (its steps have been read, so the
+// device is idle: the wall time is the window's).
+void Run::log_window(int64_t done) {
+  const double dt = seconds_since(t_window_);
+  const double per_s = static_cast<double>(window_.units) / dt;
+  nlohmann::json line;
+  line["step"] = done;
+  line["split"] = "train";
+  line["loss"] = window_.mean_loss();
+  line["lr"] = window_lr_;
+  line["grad_norm"] = window_norm_;
+  if (task_->has_accuracy()) line["accuracy"] = window_.accuracy();
+  line[std::string(task_->unit()) + "_per_s"] = per_s;
+  if (peak_flops_ > 0 && task_->train_flops_per_example() > 0) {
+    // MFU per GPU: every rank's examples against every GPU's peak.
+    const double examples_per_s = static_cast<double>(window_.samples) / dt;
+    line["mfu"] = task_->train_flops_per_example() * examples_per_s / (peak_flops_ * ctx_.world);
+  }
+  write_metrics(line);
+  report_.throughput = per_s;
+  result_.final_train_loss = window_.mean_loss();
+  window_ = TaskStats();
+  t_window_ = Clock::now();
+}
+
+// Every rank evaluates (a task may shard the split by rank); the sums are
+// combined, so means and accuracy are over everything evaluated.
+TaskStats Run::evaluate(Split split, int64_t step) {
+  model_->eval();
+  TaskStats st = task_->evaluate(split, split == Split::test ? 0 : cfg_.train.eval_batches);
+  model_->train();
+  all_reduce_stats(comm_, st, "eval stats");
+  nlohmann::json line;
+  line["step"] = step;
+  line["split"] = split_name(split);
+  line["loss"] = st.mean_loss();
+  if (task_->has_accuracy()) line["accuracy"] = st.accuracy();
+  write_metrics(line);
+  std::ostringstream os;
+  os << split_name(split) << " @ step " << step << ": loss " << st.mean_loss();
+  if (task_->has_accuracy()) os << ", accuracy " << st.accuracy();
+  message(os.str());
+  return st;
+}
+
+// Every rank samples (the task's random stream stays in step on all).
+void Run::sample(int64_t step) {
+  model_->eval();
+  const std::string text = task_->sample_text();
+  model_->train();
+  if (text.empty()) return;
+  nlohmann::json line;
+  line["step"] = step;
+  line["split"] = "sample";
+  line["text"] = text;
+  write_metrics(line);
+  message("sample @ step " + std::to_string(step) + ":\n" + text);
+}
+
+// Collective under ZeRO-1 (the state is gathered); rank 0 writes. The steps
+// before it have been read, so optimizer_steps_ is exact.
+void Run::save(int64_t step) {
+  std::vector<std::pair<std::string, Tensor>> state =
+      reducer_ ? reducer_->gather_state(*optimizer_, oopt_) : optimizer_->state();
+  if (!root_) return;
+  nlohmann::json s;
+  s["optimizer_steps"] = optimizer_steps_;
+  s["rng_seed"] = base_seed_;
+  s["rng_offset"] = task_->rng().offset;
+  s["data"] = task_->data_state();
+  s["config"] = cfg_.name;
+  s["world"] = ctx_.world;
+  s["global_batch"] = ctx_.plan.global;
+  const std::string dir = save_checkpoint(run_dir_, step, model_state(*model_), state, s);
+  prune_checkpoints(run_dir_, static_cast<int>(cfg_.train.keep_last));
+  message("saved checkpoint " + dir);
+}
+
+TrainResult Run::execute() {
+  announce();
+  resume();
+  broadcast_initial_state();
+  start_reporting();
+  model_->train();
+  t_window_ = Clock::now();
+  const TrainSection& t = cfg_.train;
+  auto every = [](int64_t n, int64_t done) { return n > 0 && done % n == 0; };
+  for (int64_t step = start_step_; step < total_steps_; ++step) {
+    const auto t_step = Clock::now();
+    train_step(step);
     const int64_t done = step + 1;
-    if (done % cfg.train.log_every == 0 || done == total_steps) {
-      // Throughput over the logging window (synchronizes the device once),
-      // counting every rank's examples.
-      if (device.is_cuda()) Stream().synchronize();
-      const double dt = seconds_since(t_window);
-      const double per_s = static_cast<double>(task->unit()[0] == 't' ? window.tokens : window.samples) / dt;
-      nlohmann::json line;
-      line["step"] = done;
-      line["split"] = "train";
-      line["loss"] = window.mean_loss();
-      line["lr"] = lr;
-      line["grad_norm"] = norm;
-      if (task->is_classifier()) line["accuracy"] = window.accuracy();
-      line[std::string(task->unit()) + "_per_s"] = per_s;
-      if (peak_flops > 0 && task->train_flops_per_example() > 0) {
-        // MFU per GPU: every rank's examples against every GPU's peak.
-        const double examples_per_s = static_cast<double>(window.samples) / dt;
-        line["mfu"] = task->train_flops_per_example() * examples_per_s / (peak_flops * world);
-      }
-      write_metrics(line);
-      report.throughput = per_s;
-      result.final_train_loss = window.mean_loss();
-      window = TaskStats();
-      t_window = Clock::now();
-    }
-    report.step = done;
-    report.loss = st.mean_loss();
-    report.lr = lr;
-    if (progress) progress->step(report);
-    examples_total += static_cast<double>(st.samples);
-    time_total += seconds_since(t_step);
-    if (task->has_split(Split::val) && cfg.train.eval_every > 0 && done % cfg.train.eval_every == 0 &&
-        done != total_steps)
-      run_eval(Split::val, done);
-    if (cfg.train.sample_every > 0 && done % cfg.train.sample_every == 0) {
-      // Every rank samples (the task's random stream stays in step on all).
-      model.eval();
-      const std::string text = task->sample_text();
-      model.train();
-      if (!text.empty()) {
-        nlohmann::json line;
-        line["step"] = done;
-        line["split"] = "sample";
-        line["text"] = text;
-        write_metrics(line);
-        message("sample @ step " + std::to_string(done) + ":\n" + text);
-      }
-    }
-    if (cfg.train.checkpoint_every > 0 && done % cfg.train.checkpoint_every == 0 && done != total_steps) save(done);
-    result.steps = done;
+    window_lr_ = schedule_->lr(step);
+    const bool last = done == total_steps_;
+    const bool log = every(t.log_every, done) || last;
+    const bool eval = task_->has_split(Split::val) && every(t.eval_every, done) && !last;
+    const bool samp = every(t.sample_every, done);
+    const bool ckpt = every(t.checkpoint_every, done) && !last;
+    // Read points: whatever reports, evaluates or saves first sees every
+    // step so far (and stops at a non-finite one with on_nonfinite: stop).
+    if (log || eval || samp || ckpt || records_->full() || topt_.after_step) read_window();
+    if (log) log_window(done);
+    report_.step = done;
+    report_.lr = window_lr_;
+    if (progress_) progress_->step(report_);
+    examples_total_ += static_cast<double>(ctx_.plan.global);
+    time_total_ += seconds_since(t_step);
+    if (eval) evaluate(Split::val, done);
+    if (samp) sample(done);
+    if (ckpt) save(done);
+    result_.steps = done;
   }
-  if (progress) progress->finish();
-  if (result.steps > start_step) save(result.steps);
-  if (task->has_split(Split::val)) {
-    TaskStats v = run_eval(Split::val, total_steps);
-    result.val_loss = v.mean_loss();
-    result.val_accuracy = v.accuracy();
+  read_window();
+  if (progress_) progress_->finish();
+  if (result_.steps > start_step_) save(result_.steps);
+  if (task_->has_split(Split::val)) {
+    TaskStats v = evaluate(Split::val, total_steps_);
+    result_.val_loss = v.mean_loss();
+    result_.val_accuracy = v.accuracy();
   }
-  if (task->has_split(Split::test)) {
-    TaskStats t = run_eval(Split::test, total_steps);
-    result.test_loss = t.mean_loss();
-    result.test_accuracy = t.accuracy();
+  if (task_->has_split(Split::test)) {
+    TaskStats s = evaluate(Split::test, total_steps_);
+    result_.test_loss = s.mean_loss();
+    result_.test_accuracy = s.accuracy();
   }
-  result.wall_s = seconds_since(t_start);
-  result.examples_per_s = time_total > 0 ? examples_total / time_total : 0;
-  return result;
+  result_.wall_s = seconds_since(t_start_);
+  result_.examples_per_s = time_total_ > 0 ? examples_total_ / time_total_ : 0;
+  return result_;
 }
 
 }  // namespace
+
+DType compute_dtype(const TrainConfig& cfg, Device device) {
+  return cfg.precision == Precision::bf16 && device.is_cuda() ? DType::bf16 : DType::f32;
+}
 
 BatchPlan plan_batch(const TrainConfig& cfg, int world) {
   KILN_CHECK(world >= 1, "plan_batch: world " << world);
@@ -463,25 +604,19 @@ BatchPlan plan_batch(const TrainConfig& cfg, int world) {
 }
 
 TrainResult train(const TrainConfig& cfg, const TrainOptions& opt) {
-  const ProcessInfo launched = process_info();
+  // The launcher's view of this process: its GPU (local rank) and its share
+  // of the node's cores. The run's rank and world are the communicator's.
+  const ProcessInfo& launched = process_info();
   const int world = opt.comm ? opt.comm->world() : launched.world;
   // Before anything is allocated: a global batch that does not divide.
   const BatchPlan plan = plan_batch(cfg, world);
-  // Tasks shard their data by process_info(); keep it equal to the
-  // communicator's view when the caller brings one.
-  std::optional<ProcessInfoOverride> pinned;
-  if (opt.comm) {
-    ProcessInfo p = launched;
-    p.rank = opt.comm->rank();
-    p.world = world;
-    pinned.emplace(p);
-  }
-  const ProcessInfo& pi = process_info();
-  const Device device = resolve_device(cfg.device, pi.local_rank, /*announce=*/pi.is_root());
+  const bool root = opt.comm ? opt.comm->is_root() : launched.is_root();
+  const Device device = resolve_device(cfg.device, launched.local_rank, /*announce=*/root);
   set_current_device(device);
-  // CPU threads are shared by the node's ranks.
-  set_cpu_threads(static_cast<int>(std::max<int64_t>(1, resolve_threads(cfg.threads) /
-                                                           (cfg.threads > 0 ? 1 : pi.local_world))));
+  // CPU threads are shared by the node's processes (the launcher's count,
+  // also when a test runs one-process trainings side by side).
+  set_cpu_threads(static_cast<int>(
+      std::max<int64_t>(1, resolve_threads(cfg.threads) / (cfg.threads > 0 ? 1 : launched.local_world))));
   std::unique_ptr<Communicator> owned;
   Communicator* comm = opt.comm;
   if (!comm) {
@@ -490,9 +625,16 @@ TrainResult train(const TrainConfig& cfg, const TrainOptions& opt) {
     owned = make_communicator(device, co);
     comm = owned.get();
   }
-  if (comm->world() == 1) return run_training(cfg, opt, plan, device, *comm);
+  TaskContext ctx;
+  ctx.device = device;
+  ctx.compute = compute_dtype(cfg, device);
+  ctx.plan = plan;
+  ctx.rank = comm->rank();
+  ctx.world = comm->world();
+  ctx.comm = comm;
+  if (comm->world() == 1) return Run(cfg, opt, ctx).execute();
   try {
-    return run_training(cfg, opt, plan, device, *comm);
+    return Run(cfg, opt, ctx).execute();
   } catch (const NonFiniteError&) {
     throw;  // every rank decided this at the same step
   } catch (const std::exception& e) {
@@ -504,43 +646,26 @@ TrainResult train(const TrainConfig& cfg, const TrainOptions& opt) {
   }
 }
 
-}  // namespace kiln
-
-namespace kiln {
-
-TaskStats evaluate_checkpoint(const std::string& path, Split split, const std::vector<std::string>& overrides,
-                              TrainConfig* cfg_out) {
-  namespace fs = std::filesystem;
-  KILN_INPUT_CHECK(fs::is_directory(path), "'" << path << "' is not a run or checkpoint directory");
-  std::string ckpt = path;
-  std::string run_dir;
-  if (fs::exists(fs::path(path) / kCheckpointManifest)) {
-    run_dir = fs::path(path).parent_path().parent_path().string();  // RUN/checkpoints/step_N
-  } else {
-    run_dir = path;
-    std::optional<std::string> latest = find_latest_valid_checkpoint(path);
-    KILN_INPUT_CHECK(latest.has_value(), "'" << path << "' holds no valid checkpoint (looked in "
-                                              << checkpoints_root(path) << ")");
-    ckpt = *latest;
-  }
-  const std::string cfg_path = (fs::path(run_dir) / "config.yaml").string();
-  KILN_INPUT_CHECK(fs::exists(cfg_path), "'" << cfg_path << "' is missing: kiln eval needs the run's config.yaml");
-  TrainConfig cfg = load_config(cfg_path, overrides);
-  if (cfg_out) *cfg_out = cfg;
+CheckpointEval evaluate_checkpoint(const std::string& path, Split split, const std::vector<std::string>& overrides) {
+  CheckpointSource src = resolve_checkpoint(path, overrides);
+  CheckpointEval out;
+  out.cfg = src.cfg;
+  out.checkpoint = src.checkpoint;
+  const TrainConfig& cfg = out.cfg;
   const Device device = resolve_device(cfg.device);
   set_current_device(device);
   set_cpu_threads(static_cast<int>(resolve_threads(cfg.threads)));
-  const DType compute = cfg.precision == Precision::bf16 && device.is_cuda() ? DType::bf16 : DType::f32;
-  std::unique_ptr<Task> task = make_task(cfg, device);
+  const TaskContext ctx = single_process_context(device, compute_dtype(cfg, device), plan_batch(cfg, 1));
+  std::unique_ptr<Task> task = make_task(cfg, ctx);
   nn::Module& model = task->model();
-  model.to(device, DType::f32, compute);
-  Checkpoint ck = load_checkpoint(ckpt);
-  for (nn::Parameter* p : model.parameters()) load_into(ck.weights, p->name, p->value);
-  refresh_lowp(model);
+  model.to(device, DType::f32, ctx.compute);
+  load_model_state(load_checkpoint(src.checkpoint), model);
   KILN_INPUT_CHECK(task->has_split(split), "the data has no " << split_name(split) << " split");
-  std::fprintf(stderr, "kiln: evaluating %s on the %s split\n", ckpt.c_str(), split_name(split));
+  std::fprintf(stderr, "kiln: evaluating %s on the %s split\n", src.checkpoint.c_str(), split_name(split));
   model.eval();
-  return task->evaluate(split, 0);
+  out.stats = task->evaluate(split, 0);
+  out.has_accuracy = task->has_accuracy();
+  return out;
 }
 
 }  // namespace kiln

@@ -1,26 +1,38 @@
 // The one training loop every recipe runs:
 //
 //   for step in [start, total):
-//     zero grads
-//     for each micro-batch: task.train_micro_batch(1 / grad_accum)
+//     zero the trainable gradients
+//     b = task.begin_step()                       (a step ahead on the loader thread)
+//     tokens = Σ_ranks b.loss_tokens              (host all-reduce of three counts)
+//     for each micro-batch: task.train_micro_batch(m, world / tokens, stats)
 //       (the last one's backward launches the gradient buckets' all-reduce)
-//     wait for the buckets; sum loss/accuracy counts over ranks
-//     norm = global grad norm; scale = clip(norm)
-//     non-finite loss or norm on any rank -> every rank skips the step or
-//     stops (dist.on_nonfinite)
-//     optimizer.step(lr_schedule(step), scale)   (ZeRO-1: own shard, then all-gather)
-//     log / eval / checkpoint on their cadences
+//     wait for the buckets (stream-ordered on the GPU)
+//     norm, clip scale, non-finite flag = StepGuard (on the device)
+//     optimizer.step(lr_schedule(step), {scale, flag})   (skips on the device;
+//                                                          ZeRO-1: own shard, then all-gather)
+//     at a log / eval / checkpoint / sample step: read the window's per-step
+//     losses, norms and flags (the one host wait), report skipped steps or
+//     stop (dist.on_nonfinite), log, then eval / sample / checkpoint
 //   final eval on val and test; final checkpoint
 //
+// So between log windows a step never waits on the device (a test counts
+// the host waits: runtime/stream.h's host_sync_count). With an after_step
+// hook every step is a read point (the hook sees exact per-step values).
+//
 // Data parallel (`mpirun -np N kiln train ...`, design decision 5): one
-// process per GPU (or per CPU share); rank 0's initial weights are broadcast;
-// global batch = train.batch_size x grad_accum x N (or train.global_batch,
-// from which grad_accum is derived); each rank reads its shard of every
-// global batch (tasks read rank/world from process_info()); gradients are
-// averaged in buckets overlapped with backward (trainers/grad_reducer.h).
-// Only rank 0 prints and writes metrics.jsonl and checkpoints; checkpoints
-// hold the full optimizer state and the global data position, so a run
-// resumes on any number of processes.
+// process per GPU (or per CPU share); rank 0's initial weights and buffers
+// are broadcast; global batch = train.batch_size x grad_accum x N (or
+// train.global_batch, from which grad_accum is derived); each task reads
+// its shard of every global batch (its TaskContext says rank and world);
+// gradients are averaged in buckets overlapped with backward
+// (trainers/grad_reducer.h). Only rank 0 prints and writes metrics.jsonl and
+// checkpoints; checkpoints hold the full optimizer state and the global data
+// position, so a run resumes on any number of processes.
+//
+// Parameters and buffers (design decision 9): the optimizer, the gradient
+// reducer, zero_grad, the global norm and the optimizer checkpoint see only
+// trainable parameters; model.safetensors holds every parameter and every
+// buffer (restored on resume, broadcast from rank 0 at start).
 //
 // The run directory (output_dir) holds config.yaml (the resolved config),
 // metrics.jsonl and checkpoints/. With train.resume = auto the newest valid
@@ -44,20 +56,19 @@ struct TrainResult {
   double final_train_loss = 0;
   double val_loss = 0, val_accuracy = 0;
   double test_loss = 0, test_accuracy = 0;
+  bool has_accuracy = false;  ///< the task's predictions have an accuracy (classifiers)
   double wall_s = 0;
   double examples_per_s = 0;
   std::string run_dir;
 };
 
-/// Builds the task a config describes (model + data + loss) on `device`.
-std::unique_ptr<Task> make_task(const TrainConfig& cfg, Device device);
+/// Builds the task a config's data.type describes (trainers/make_task.cpp's
+/// table) in the given context; its model comes from the model registry.
+std::unique_ptr<Task> make_task(const TrainConfig& cfg, const TaskContext& ctx);
 
-/// How a step's samples are split: global = micro x accum x world.
-struct BatchPlan {
-  int64_t micro = 0;   ///< train.batch_size (per process, per micro-batch)
-  int64_t accum = 1;   ///< micro-batches per step
-  int64_t global = 0;  ///< samples per optimizer step over all processes
-};
+/// The compute dtype a config asks for on `device` (bf16 only on a GPU).
+DType compute_dtype(const TrainConfig& cfg, Device device);
+
 /// train.global_batch (when set) must be a multiple of batch_size x world;
 /// grad_accum is then derived from it. InputError naming the keys otherwise.
 BatchPlan plan_batch(const TrainConfig& cfg, int world);
@@ -75,11 +86,14 @@ struct StepEvent {
 struct TrainOptions {
   /// Communicator to train over (not owned); null: make_communicator() for
   /// this process (single without a launcher, MPI or NCCL under mpirun).
-  /// With one given, process_info() reports its rank and world for the run.
+  /// Its rank and world are the run's (the tasks' context).
   Communicator* comm = nullptr;
+  /// Builds the task instead of make_task (tests: a task with a loss mask).
+  std::function<std::unique_ptr<Task>(const TrainConfig&, const TaskContext&)> make_task;
   /// Before a step's first micro-batch (step = steps done so far).
   std::function<void(int64_t step, nn::Module& model)> before_step;
-  /// After each optimizer step, on every rank.
+  /// After each optimizer step, on every rank. Setting it makes every step
+  /// read its loss, norm and flag back (a host wait per step).
   std::function<void(const StepEvent&)> after_step;
 };
 
@@ -96,9 +110,16 @@ class NonFiniteError : public Error {
 /// after printing it, so no rank waits out the collective timeout.
 TrainResult train(const TrainConfig& cfg, const TrainOptions& opt = {});
 
+/// What evaluate_checkpoint found.
+struct CheckpointEval {
+  TaskStats stats;
+  bool has_accuracy = false;  ///< the task is a classifier
+  std::string checkpoint;     ///< the checkpoint directory read
+  TrainConfig cfg;            ///< the run's config (overrides applied)
+};
+
 /// Loads a checkpoint directory (or a run directory: its newest valid
 /// checkpoint) with the config saved beside it and evaluates on `split`.
-TaskStats evaluate_checkpoint(const std::string& path, Split split, const std::vector<std::string>& overrides,
-                              TrainConfig* cfg_out = nullptr);
+CheckpointEval evaluate_checkpoint(const std::string& path, Split split, const std::vector<std::string>& overrides);
 
 }  // namespace kiln

@@ -14,7 +14,7 @@
 // peak measured in the same run; a printed line adds tokens/s and MFU against
 // the datasheet's dense bf16 peak (H100/H200 SXM: 989 TFLOP/s), the figure
 // the trainer logs. Steps are timed on the host clock around a device
-// synchronize (a step syncs internally: the loss comes back to the host).
+// synchronize (synchronize_device: the step's work on every stream).
 // PyTorch's side of the comparison is bench/torch_gpt.py (same shapes).
 #include <chrono>
 #include <cstdio>
@@ -83,7 +83,7 @@ void run_shape(Context& ctx, const GptShape& s, Device dev, DType compute, int r
   };
   auto synced_step = [&] {
     step();
-    if (dev.is_cuda()) Stream().synchronize();
+    synchronize_device(dev);  // every stream of the GPU (a default Stream would wait for nothing)
   };
   synced_step();  // warm-up: allocator caches, cuBLASLt heuristics
   synced_step();

@@ -14,12 +14,29 @@
 #include "runtime/error.h"
 #include "trainers/config.h"
 #include "trainers/config_schema.h"
+#include "trainers/models.h"
 
 namespace fs = std::filesystem;
 using kiln::InputError;
 using kiln::TrainConfig;
 
 namespace {
+
+// The schema has sections for models that may not be registered yet (cnn,
+// resnet, vit): placeholders make those types valid here, so the sections'
+// rules are tested whether or not the models have landed (the config layer
+// needs only a type's name and input).
+const bool kPlaceholders = [] {
+  for (const char* t : {"cnn", "resnet", "vit"})
+    if (!kiln::find_model(t))
+      kiln::register_model({t, kiln::ModelInput::images,
+                            [](const TrainConfig&, const kiln::DataShape&,
+                               std::shared_ptr<kiln::nn::RngStream>) -> kiln::BuiltModel {
+                              throw InputError("placeholder model: never built in the config test");
+                            },
+                            nullptr});
+  return true;
+}();
 
 class TempDir {
  public:
@@ -120,7 +137,7 @@ std::vector<BadCase> bad_cases() {
       {"missing value", "type_null.yaml", kMlp + "optim:\n  lr:\n", {},
        {"type_null.yaml:4:3:", "optim.lr: expected a number, got nothing"}},
       {"bad choice with suggestion", "choice.yaml", "model:\n  type: mpl\n", {},
-       {"choice.yaml:2:9:", "model.type: expected one of mlp, cnn, resnet, vit or gpt, got 'mpl'",
+       {"choice.yaml:2:9:", "model.type: expected one of mlp", "got 'mpl'",
         "did you mean 'mlp'?"}},
       {"section given a value", "section_scalar.yaml", kMlp + "train: 5\n", {},
        {"section_scalar.yaml:3:8:", "train: expected a map of settings, got '5'"}},
@@ -180,6 +197,19 @@ std::vector<BadCase> bad_cases() {
        {"command-line override 'model.gpt.n_layer=3'", "model.gpt: does not apply when model.type is 'mlp'"}},
       {"override: malformed value", "ov_yaml.yaml", kMlp, {"model.mlp.hidden=[1, 2"},
        {"command-line override 'model.mlp.hidden=[1, 2'", "model.mlp.hidden: malformed value"}},
+      // Keys whose feature is not built are refused, never ignored.
+      {"LoRA is not built", "lora.yaml", "model: {type: gpt}\ndata: {type: tokens, train_shards: x/*.bin}\n"
+                                         "lora:\n  enabled: true\n", {},
+       {"lora.yaml:4:3:", "lora.enabled: LoRA is not implemented yet"}},
+      {"LoRA settings", "lora_rank.yaml", "model: {type: gpt}\ndata: {type: tokens, train_shards: x/*.bin}\n"
+                                          "lora:\n  rank: 4\n", {},
+       {"lora_rank.yaml:4:3:", "lora.rank: LoRA is not implemented yet"}},
+      {"non-deterministic kernels", "nondet.yaml", kMlp + "train:\n  deterministic: false\n", {},
+       {"nondet.yaml:4:3:", "train.deterministic: false is not implemented"}},
+      {"more than one loader thread", "workers.yaml", kMlp + "data:\n  num_workers: 4\n", {},
+       {"workers.yaml:4:16:", "data.num_workers: 4 is out of range: must be in [0, 1]"}},
+      {"unregistered model type", "unreg.yaml", "model:\n  type: transformer\n", {},
+       {"unreg.yaml:2:9:", "model.type: expected one of mlp", "got 'transformer'"}},
   };
 }
 
@@ -214,7 +244,7 @@ TEST(ConfigTest, MinimalConfigGetsDefaults) {
   EXPECT_EQ(c.device, "auto");
   EXPECT_EQ(c.precision, kiln::Precision::fp32);
   EXPECT_EQ(c.threads, 0);
-  EXPECT_EQ(c.model.type, kiln::ModelType::mlp);
+  EXPECT_EQ(c.model.type, "mlp");
   EXPECT_EQ(c.model.mlp.hidden, (std::vector<int64_t>{256, 128}));
   EXPECT_EQ(c.model.mlp.activation, kiln::Activation::relu);
   EXPECT_EQ(c.data.type, kiln::DatasetType::fashion_mnist);
@@ -278,7 +308,7 @@ TEST(ConfigTest, GoodConfigsOfEveryKind) {
                                "train:\n  batch_size: 8\n  grad_accum: 4\n  global_batch: 64\n  epochs: 0\n"
                                "  max_steps: 100\n  sample_every: 50\n"
                                "dist:\n  zero_stage: 1\n  bucket_mb: 12.5\n"
-                               "lora:\n  enabled: true\n  rank: 4\n  targets: [attn.c_attn]\n"
+                               "lora:\n  enabled: false\n  rank: 8\n  targets: [attn.c_attn, attn.c_proj]\n"
                                "mfu:\n  peak_tflops: 989.5\n");
   EXPECT_EQ(gpt.precision, kiln::Precision::bf16);
   EXPECT_EQ(gpt.output_dir, "/tmp/gpt_run");
@@ -292,10 +322,9 @@ TEST(ConfigTest, GoodConfigsOfEveryKind) {
   EXPECT_EQ(gpt.train.sample_every, 50);
   EXPECT_EQ(gpt.dist.zero_stage, 1);
   EXPECT_DOUBLE_EQ(gpt.dist.bucket_mb, 12.5);
-  EXPECT_TRUE(gpt.lora.enabled);
-  EXPECT_EQ(gpt.lora.rank, 4);
+  EXPECT_FALSE(gpt.lora.enabled);  // LoRA is not built: only its defaults are accepted (see NotBuiltYet)
+  EXPECT_EQ(gpt.lora.rank, 8);
   EXPECT_DOUBLE_EQ(gpt.lora.alpha, 16.0);
-  EXPECT_EQ(gpt.lora.targets, (std::vector<std::string>{"attn.c_attn"}));
   EXPECT_DOUBLE_EQ(gpt.mfu.peak_tflops, 989.5);
 
   const TrainConfig sft = load("sft.yaml",
@@ -362,7 +391,7 @@ TEST(ConfigTest, ToYamlRoundTrips) {
                              "data: {val_fraction: 0.0833333333333333, mean: 0.1}\nseed: 9223372036854775807\n"},
       {"rt_gpt.yaml", "model: {type: gpt, gpt: {n_layer: 2, n_head: 2, n_embd: 64, dropout: 0.1}}\n"
                       "data: {type: tokens, train_shards: 'a b/*.bin', text_files: ['x', '~', '', 'y: z']}\n"
-                      "lora: {enabled: true, alpha: 1e-3}\ntrain: {sample_every: 10}\n"},
+                      "lora: {enabled: false}\ntrain: {sample_every: 10}\n"},
       {"rt_sft.yaml", "model: {type: gpt}\ndata: {type: sft, path: s.jsonl}\n"
                       "sft: {prompt_template: \"### Q\\n{prompt}\\n\\t# not a comment\\n\", max_len: 100}\n"},
       {"rt_vit.yaml", "model: {type: vit}\nprecision: bf16\noptim: {eps: 1.0e-12, weight_decay: 0.05}\n"},

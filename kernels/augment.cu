@@ -17,15 +17,15 @@ namespace kiln {
 namespace {
 
 template <typename T>
-__global__ void augment_kernel(T* out, const uint8_t* __restrict__ images, const int64_t* __restrict__ index,
+__global__ void augment_kernel(T* out, const uint8_t* __restrict__ images, const int64_t* __restrict__ keys,
                                int64_t total, AugmentParams p, const float* __restrict__ lut) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i >= total) return;
   const int64_t plane = p.h * p.w * p.c;
   const int64_t b = i / plane, r = i % plane;
   const int64_t c = r % p.c, j = (r / p.c) % p.w, row = r / (p.c * p.w);
-  const int64_t s = __ldg(index + b);
-  const AugmentDraw d = augment_draw(p, s);
+  const int64_t key = __ldg(keys + b), s = augment_index(key);
+  const AugmentDraw d = augment_draw(p, key);
   const int64_t si = row + d.oy - p.pad;
   const int64_t sj = (d.flip ? p.w - 1 - j : j) + d.ox - p.pad;
   const bool inside = si >= 0 && si < p.h && sj >= 0 && sj < p.w;
@@ -34,22 +34,22 @@ __global__ void augment_kernel(T* out, const uint8_t* __restrict__ images, const
 }
 
 template <typename T>
-void launch_augment(T* out, const uint8_t* images, const int64_t* index, int64_t batch, const AugmentParams& p,
+void launch_augment(T* out, const uint8_t* images, const int64_t* keys, int64_t batch, const AugmentParams& p,
                     const float* lut, cudaStream_t stream) {
   check_augment(p, batch, "augment_batch");
   const int64_t total = batch * p.h * p.w * p.c;
-  launch_1d(augment_kernel<device_t<T>>, total, 256, 0, stream, dev_ptr(out), images, index, total, p, lut);
+  launch_1d(augment_kernel<device_t<T>>, total, 256, 0, stream, dev_ptr(out), images, keys, total, p, lut);
 }
 
 }  // namespace
 
-void augment_batch(float* out, const uint8_t* images, const int64_t* index, int64_t batch, const AugmentParams& p,
+void augment_batch(float* out, const uint8_t* images, const int64_t* keys, int64_t batch, const AugmentParams& p,
                    const float* lut, cudaStream_t stream) {
-  launch_augment(out, images, index, batch, p, lut, stream);
+  launch_augment(out, images, keys, batch, p, lut, stream);
 }
-void augment_batch(bf16* out, const uint8_t* images, const int64_t* index, int64_t batch, const AugmentParams& p,
+void augment_batch(bf16* out, const uint8_t* images, const int64_t* keys, int64_t batch, const AugmentParams& p,
                    const float* lut, cudaStream_t stream) {
-  launch_augment(out, images, index, batch, p, lut, stream);
+  launch_augment(out, images, keys, batch, p, lut, stream);
 }
 
 }  // namespace kiln

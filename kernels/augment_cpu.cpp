@@ -18,16 +18,16 @@ void check_augment(const AugmentParams& p, int64_t batch, const char* op) {
 }
 
 template <typename T>
-void augment_batch_cpu(T* out, const uint8_t* images, int64_t n_images, const int64_t* index, int64_t batch,
+void augment_batch_cpu(T* out, const uint8_t* images, int64_t n_images, const int64_t* keys, int64_t batch,
                        const AugmentParams& p, const float* lut) {
   check_augment(p, batch, "augment_batch_cpu");
   const int64_t H = p.h, W = p.w, C = p.c, plane = H * W * C;
   const T zero = static_cast<T>(lut[0]);  // padding is a black pixel, normalized like any other
   for (int64_t b = 0; b < batch; ++b) {
-    const int64_t s = index[b];
-    KILN_CHECK(s >= 0 && s < n_images, "augment_batch_cpu: index[" << b << "] = " << s << " is outside the "
-                                                                    << n_images << " images");
-    const AugmentDraw d = augment_draw(p, s);
+    const int64_t s = augment_index(keys[b]);
+    KILN_CHECK(keys[b] >= 0 && s < n_images, "augment_batch_cpu: key " << keys[b] << " of sample " << b
+                                                 << " names image " << s << " of " << n_images);
+    const AugmentDraw d = augment_draw(p, keys[b]);
     const uint8_t* img = images + s * plane;  // (H, W, C)
     T* o = out + b * plane;
     for (int64_t i = 0; i < H; ++i) {

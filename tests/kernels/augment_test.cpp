@@ -53,7 +53,7 @@ TEST(AugmentCpu, PlainGather) {
   augment_batch_cpu(out.data(), img.data(), n, idx.data(), static_cast<int64_t>(idx.size()), p, l.data());
   for (size_t b = 0; b < idx.size(); ++b)
     for (int64_t e = 0; e < h * w * c; ++e) EXPECT_EQ(out[b * h * w * c + e], l[img[idx[b] * h * w * c + e]]);
-  const std::vector<int64_t> bad = {5};
+  const std::vector<int64_t> bad = {augment_key(1, 5)};
   EXPECT_THROW(augment_batch_cpu(out.data(), img.data(), n, bad.data(), 1, p, l.data()), Error);
 }
 
@@ -63,13 +63,14 @@ TEST(AugmentCpu, CropAndFlipGeometry) {
   std::vector<int64_t> idx(n);
   for (int64_t i = 0; i < n; ++i) idx[i] = i;
   AugmentParams p;
-  p.h = h; p.w = w; p.c = c; p.pad = 2; p.flip = true; p.seed = 7; p.epoch = 3;
+  p.h = h; p.w = w; p.c = c; p.pad = 2; p.flip = true; p.seed = 7;
+  for (int64_t& k : idx) k = augment_key(3, k);  // epoch 3
   const std::vector<float> l = lut(false);
   std::vector<float> out(n * h * w * c);
   augment_batch_cpu(out.data(), img.data(), n, idx.data(), n, p, l.data());
   int flips = 0, shifted = 0;
   for (int64_t b = 0; b < n; ++b) {
-    const AugmentDraw d = augment_draw(p, b);
+    const AugmentDraw d = augment_draw(p, augment_key(3, b));
     ASSERT_GE(d.oy, 0);
     ASSERT_LE(d.oy, 4);
     ASSERT_GE(d.ox, 0);
@@ -99,7 +100,7 @@ TEST(AugmentCpu, DrawsDependOnSampleAndEpochOnly) {
   int flips = 0;
   const int n = 20000;
   for (int s = 0; s < n; ++s) {
-    const AugmentDraw d = augment_draw(p, s);
+    const AugmentDraw d = augment_draw(p, augment_key(0, s));
     ++oy[d.oy];
     ++ox[d.ox];
     flips += d.flip;
@@ -110,17 +111,17 @@ TEST(AugmentCpu, DrawsDependOnSampleAndEpochOnly) {
   }
   EXPECT_NEAR(flips, n / 2, n / 50);
   // Another epoch redraws; the same (sample, epoch) gives the same draw in any batch.
-  AugmentParams q = p;
-  q.epoch = 1;
   int same = 0;
   for (int s = 0; s < 1000; ++s) {
-    const AugmentDraw a = augment_draw(p, s), b = augment_draw(q, s);
+    const AugmentDraw a = augment_draw(p, augment_key(0, s)), b = augment_draw(p, augment_key(1, s));
     same += a.oy == b.oy && a.ox == b.ox && a.flip == b.flip;
   }
   EXPECT_LT(same, 100);  // 1/50 expected by chance
   const std::vector<uint8_t> img = images(10, 28, 28, 1);
   const std::vector<float> l = lut();
-  const std::vector<int64_t> b1 = {3, 7, 1}, b2 = {7, 9};
+  const std::vector<int64_t> b1 = {augment_key(2, 3), augment_key(2, 7), augment_key(2, 1)},
+                             b2 = {augment_key(2, 7), augment_key(2, 9)};
+  EXPECT_EQ(augment_index(b1[1]), 7);
   std::vector<float> o1(3 * 784), o2(2 * 784);
   augment_batch_cpu(o1.data(), img.data(), 10, b1.data(), 3, p, l.data());
   augment_batch_cpu(o2.data(), img.data(), 10, b2.data(), 2, p, l.data());
@@ -151,12 +152,12 @@ TEST(AugmentGpu, MatchesCpuBitForBit) {
   const int64_t n = 300, h = 28, w = 28, c = 1, B = 257;
   const std::vector<uint8_t> img = images(n, h, w, c);
   std::vector<int64_t> idx(B);
-  for (int64_t b = 0; b < B; ++b) idx[b] = (b * 37 + 5) % n;
+  for (int64_t b = 0; b < B; ++b) idx[b] = augment_key(5, (b * 37 + 5) % n);
   const std::vector<float> l = lut();
   for (int64_t pad : {0, 2, 4})
     for (bool flip : {false, true}) {
       AugmentParams p;
-      p.h = h; p.w = w; p.c = c; p.pad = pad; p.flip = flip; p.seed = 99; p.epoch = 5;
+      p.h = h; p.w = w; p.c = c; p.pad = pad; p.flip = flip; p.seed = 99;
       std::vector<float> want(B * h * w * c);
       augment_batch_cpu(want.data(), img.data(), n, idx.data(), B, p, l.data());
       DevVec<uint8_t> dimg(img);

@@ -233,7 +233,8 @@ Tensor TokenPool::backward(const Tensor& dy) {
 
 // --- Vit -------------------------------------------------------------------------------
 
-bool vit_cuda_head_dim_ok(int64_t D) { return D == 32 || D == 64 || D == 128; }
+// The head dimensions kernels/attention.h's CUDA kernels are instantiated for.
+bool vit_cuda_head_dim_ok(int64_t D) { return D == 16 || D == 32 || D == 64 || D == 128; }
 
 void check_vit_options(const VitOptions& o, bool cuda, const std::string& prefix) {
   auto key = [&](const char* k) { return prefix + k; };
@@ -252,8 +253,8 @@ void check_vit_options(const VitOptions& o, bool cuda, const std::string& prefix
   const int64_t D = o.dim / o.heads;
   KILN_INPUT_CHECK(!cuda || vit_cuda_head_dim_ok(D),
                    key("dim") << " " << o.dim << " / " << key("heads") << " " << o.heads << " gives head dimension "
-                              << D << "; the CUDA attention kernel takes 32, 64 or 128 (choose heads so that dim / "
-                                 "heads is one of them, or train on the CPU)");
+                              << D << "; the CUDA attention kernel takes 16, 32, 64 or 128 (choose heads so that "
+                                 "dim / heads is one of them, or train on the CPU)");
 }
 
 Vit::Vit(const VitOptions& o, std::shared_ptr<RngStream> rng)
@@ -286,6 +287,12 @@ std::string Vit::describe() const {
      << " blocks, width " << o_.dim << ", " << o_.heads << " heads, mlp " << o_.mlp_hidden << ", "
      << (o_.pool == VitPool::cls ? "cls" : "mean") << " pooling, " << o_.classes << " classes)";
   return os.str();
+}
+
+void Vit::on_device_change() {
+  // For callers that build a Vit themselves (the trainer checks this from the
+  // config before building anything).
+  if (device().is_cuda()) check_vit_options(o_, /*cuda=*/true);
 }
 
 void Vit::init_weights() {

@@ -159,6 +159,10 @@ class Vit : public Module {
   LayerNorm& norm() { return norm_; }
   Linear& head() { return head_; }
 
+ protected:
+  /// Moving to a GPU checks the head dimension (check_vit_options with cuda).
+  void on_device_change() override;
+
  private:
   void init_weights();
 

@@ -67,6 +67,11 @@ void declare(Schema& s) {
   vit.integer("depth", &VitConfig::depth, 6, "transformer blocks").range(1, 1024);
   vit.integer("heads", &VitConfig::heads, 4, "attention heads (must divide dim)").range(1, 1024);
   vit.number("mlp_ratio", &VitConfig::mlp_ratio, 4.0, "MLP hidden width as a multiple of dim").above(0.0).max(64.0);
+  vit.choice("pool", &VitConfig::pool, {"cls", "mean"}, "cls",
+             "classifier input: a learned class token (cls) or the mean of the patch tokens (mean)");
+  vit.number("dropout", &VitConfig::dropout, 0.0, "dropout after the embedding and each attention/MLP projection")
+      .min(0.0)
+      .below(1.0);
 
   auto gpt = model.section("gpt", &ModelConfig::gpt, "GPT-2 style decoder").when("model.type", {"gpt"});
   gpt.integer("vocab_size", &GptConfig::vocab_size, 50257, "vocabulary size").range(1, 1 << 24);

@@ -56,6 +56,8 @@ struct VitConfig {
   int64_t depth = 0;  ///< transformer blocks
   int64_t heads = 0;
   double mlp_ratio = 0;  ///< MLP hidden width = mlp_ratio · dim
+  std::string pool;      ///< "cls" (class token) or "mean" (average of the patch tokens)
+  double dropout = 0;    ///< after the token embedding and each block's attention and MLP projections
 };
 
 struct GptConfig {

@@ -2,6 +2,7 @@
 // (its config section → its nn options) and one line in kBuiltin below.
 #include "trainers/models.h"
 
+#include <cmath>
 #include <filesystem>
 #include <mutex>
 #include <set>
@@ -11,6 +12,8 @@
 #include "nn/gpt.h"
 #include "nn/gpt_io.h"
 #include "nn/mlp.h"
+#include "nn/vit.h"
+#include "runtime/device.h"
 #include "trainers/run_checkpoint.h"
 
 namespace kiln {
@@ -65,6 +68,32 @@ BuiltModel build_gpt(const TrainConfig& cfg, const DataShape& shape, std::shared
   return b;
 }
 
+BuiltModel build_vit(const TrainConfig& cfg, const DataShape& shape, std::shared_ptr<nn::RngStream> rng) {
+  const VitConfig& c = cfg.model.vit;
+  nn::VitOptions o;
+  o.image_h = shape.image.H;
+  o.image_w = shape.image.W;
+  o.channels = shape.image.C;
+  o.classes = shape.image.classes;
+  o.patch = c.patch;
+  o.dim = c.dim;
+  o.depth = c.depth;
+  o.heads = c.heads;
+  o.mlp_hidden = static_cast<int64_t>(std::lround(c.mlp_ratio * static_cast<double>(c.dim)));
+  o.pool = c.pool == "mean" ? nn::VitPool::mean : nn::VitPool::cls;
+  o.dropout = static_cast<float>(c.dropout);
+  o.seed = cfg.seed;
+  // Before anything is allocated: the patch must tile the data's images, and
+  // a run that will use the GPU needs a head dimension its attention takes.
+  const bool cuda = cfg.device == "cuda" || (cfg.device == "auto" && cuda_available());
+  nn::check_vit_options(o, cuda, "model.vit.");
+  auto m = std::make_unique<nn::Vit>(o, std::move(rng));
+  BuiltModel b;
+  b.train_flops_per_example = m->train_flops_per_example();
+  b.module = std::move(m);
+  return b;
+}
+
 // Hugging Face GPT-2 layout (Conv1D weights transposed, wte unpadded).
 void gpt_init_from(nn::Module& model, const std::string& path) {
   auto* gpt = dynamic_cast<nn::Gpt*>(&model);
@@ -77,6 +106,7 @@ std::vector<ModelSpec> builtin_models() {
   return {
       {"mlp", ModelInput::images, build_mlp, nullptr},
       {"gpt", ModelInput::tokens, build_gpt, gpt_init_from},
+      {"vit", ModelInput::images, build_vit, nullptr},
   };
 }
 

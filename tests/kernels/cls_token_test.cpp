@@ -117,8 +117,8 @@ void check_gpu(const Case& k, size_t offset) {
                          dout.data(), k.B, k.N, k.C, k.cls);
 
   test::OffsetBuffer<H> dx_in(test::to_storage<H>(x), offset), dcls_in(test::to_storage<H>(cls), offset),
-      dpos_in(test::to_storage<H>(pos), offset), ddout(test::to_storage<H>(dout), offset), dout_fwd(want.size(), offset),
-      ddx(want_dx.size(), offset);
+      dpos_in(test::to_storage<H>(pos), offset), ddout(test::to_storage<H>(dout), offset),
+      dout_fwd(want.size(), offset), ddx(want_dx.size(), offset);
   const std::string what = test::storage_name<H>() + " " + case_str(k) + " offset " + std::to_string(offset);
   cls_token_forward(dout_fwd.get(), dx_in.get(), k.cls ? dcls_in.get() : nullptr, k.pos ? dpos_in.get() : nullptr,
                     k.B, k.N, k.C, nullptr);

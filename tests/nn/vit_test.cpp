@@ -263,8 +263,13 @@ TEST(Vit, OptionsAreCheckedNamingTheKey) {
   EXPECT_NO_THROW(nn::check_vit_options(tiny_options(), false, "model.vit."));
   EXPECT_TRUE(fails_with(tiny_options(), true, "model.vit.dim 8 / model.vit.heads 2 gives head dimension 4"));
   o.dim = 64;
-  o.heads = 2;
-  EXPECT_NO_THROW(nn::check_vit_options(o, true, "model.vit."));
+  for (int64_t heads : {1, 2, 4, 8}) {  // head dimensions 64, 32, 16 and 8
+    o.heads = heads;
+    if (heads == 8)
+      EXPECT_TRUE(fails_with(o, true, "the CUDA attention kernel takes 16, 32, 64 or 128"));
+    else
+      EXPECT_NO_THROW(nn::check_vit_options(o, true, "model.vit.")) << heads;
+  }
   o = tiny_options();
   o.patch = 5;
   EXPECT_THROW(nn::Vit(o, make_rng(1)), InputError);  // the constructor checks before allocating
@@ -341,9 +346,9 @@ TEST(VitGpu, ModulesMatchCpuFp32AndBf16) {
 TEST(VitGpu, ModelMatchesCpu) {
   KILN_REQUIRE_GPU();
   for (nn::VitPool pool : {nn::VitPool::cls, nn::VitPool::mean}) {
-    nn::VitOptions o;  // 28x28x1, patch 4, 49 tokens; head dim 32 for the CUDA kernel
+    nn::VitOptions o;  // 28x28x1, patch 4, 49 tokens; head dim 16 (cls) and 32 (mean)
     o.dim = 64;
-    o.heads = 2;
+    o.heads = pool == nn::VitPool::cls ? 4 : 2;
     o.depth = 2;
     o.mlp_hidden = 128;
     o.pool = pool;

@@ -298,6 +298,7 @@ void Tensor::copy_from(const Tensor& src) {
   cudaStream_t s = compute_stream(dd.is_cuda() ? dd : sd);
   KILN_CUDA_CHECK(cudaMemcpyAsync(raw(), src.raw(), bytes, cudaMemcpyDefault, s));
   // Synchronous for the host: the host buffer may be read or freed next.
+  count_host_sync();
   KILN_CUDA_CHECK(cudaStreamSynchronize(s));
 #endif
 }
@@ -409,6 +410,10 @@ uint64_t Tensor::normal_(uint64_t seed, uint64_t offset, float mean, float stdde
 
 std::vector<float> Tensor::to_vector() const {
   KILN_CHECK(defined(), "to_vector(): the tensor is undefined");
+  // A read of tensor data on the host: a wait for a GPU tensor, counted on
+  // the CPU too (runtime/stream.h's host_sync_count) so CPU tests see the
+  // reads a GPU run would wait for.
+  if (device().is_cpu()) count_host_sync();
   const Tensor host = device().is_cpu() ? *this : to(Device::cpu());
   std::vector<float> v(static_cast<size_t>(numel_));
   const void* p = host.raw();
@@ -422,6 +427,7 @@ std::vector<float> Tensor::to_vector() const {
 
 std::vector<double> Tensor::to_vector_f64() const {
   KILN_CHECK(defined(), "to_vector_f64(): the tensor is undefined");
+  if (device().is_cpu()) count_host_sync();  // as to_vector
   const Tensor host = device().is_cpu() ? *this : to(Device::cpu());
   std::vector<double> v(static_cast<size_t>(numel_));
   const void* p = host.raw();

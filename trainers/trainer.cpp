@@ -289,10 +289,10 @@ Run::Run(const TrainConfig& cfg, const TrainOptions& topt, const TaskContext& ct
 void Run::announce() const {
   if (!root_) return;
   const int world = ctx_.world;
-  std::fprintf(stderr, "kiln: %s on %s (%s): %s, %lld parameters (%lld trainable)\n", cfg_.name.c_str(),
+  std::fprintf(stderr, "kiln: %s on %s (%s): %s, parameters: %lld trainable / %lld total\n", cfg_.name.c_str(),
                ctx_.device.str().c_str(), ctx_.compute == DType::bf16 ? "bf16" : "fp32",
-               model_->describe().c_str(), static_cast<long long>(model_->num_parameters()),
-               static_cast<long long>(model_->num_trainable_parameters()));
+               model_->describe().c_str(), static_cast<long long>(model_->num_trainable_parameters()),
+               static_cast<long long>(model_->num_parameters()));
   std::fprintf(stderr, "kiln: data: %s\n", task_->describe_data().c_str());
   if (reducer_)
     std::fprintf(stderr, "kiln: data parallel: %d process%s (%s), %s\n", world, world == 1 ? "" : "es",

@@ -171,6 +171,7 @@ std::vector<float> Gpt::last_logits(const Tensor& logits) {
 
 std::vector<float> Gpt::next_token_logits(const std::vector<int32_t>& context) {
   KILN_INPUT_CHECK(!context.empty(), "next_token_logits: empty context");
+  set_packing(Tensor(), Tensor());  // one sequence
   const size_t n = std::min<size_t>(context.size(), static_cast<size_t>(o_.block_size));
   std::vector<int32_t> window(context.end() - static_cast<std::ptrdiff_t>(n), context.end());
   Tensor t = Tensor::from_vector(window, {1, static_cast<int64_t>(n)}, device());
@@ -226,7 +227,13 @@ int32_t pick_token(const std::vector<float>& logits, const GenerateOptions& o, u
 
 }  // namespace
 
+void Gpt::set_packing(const Tensor& segments, const Tensor& positions) {
+  for (auto& b : blocks_) b->attn().set_segment_ids(segments);
+  embed_.set_positions(positions);
+}
+
 std::vector<int32_t> Gpt::generate(const std::vector<int32_t>& prompt, const GenerateOptions& o) {
+  set_packing(Tensor(), Tensor());  // one sequence
   KILN_INPUT_CHECK(!prompt.empty(), "generate: the prompt is empty (start with <|endoftext|> for a fresh document)");
   for (size_t i = 0; i < prompt.size(); ++i)
     KILN_INPUT_CHECK(prompt[i] >= 0 && prompt[i] < o_.vocab_size,

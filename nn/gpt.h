@@ -89,6 +89,15 @@ class Gpt : public Module {
   Tensor backward(const Tensor& dlogits) override;
   std::string describe() const override;
 
+  /// Packed sequences (SFT): per-token segment ids and positions, int32
+  /// (B, T) on the model's device, for the following forward passes and
+  /// their backward. A token attends only to earlier tokens of its own
+  /// segment (ids non-decreasing along a row, see kernels/attention_mask.h)
+  /// and takes its position embedding from `positions` (restarting at 0 in
+  /// each example). Undefined tensors clear them: one sequence per row,
+  /// positions 0..T-1. generate() and next_token_logits() clear them.
+  void set_packing(const Tensor& segments, const Tensor& positions);
+
   /// Continues `prompt` (ids in [0, V)) by up to max_new_tokens tokens and
   /// returns only the new ones. Runs in eval mode (dropout off) and restores
   /// the previous mode. With the cache, once the context fills block_size the

@@ -5,6 +5,10 @@
 
 #include <cmath>
 
+#if !defined(__CUDACC__)
+#include "kernels/cpu_math.h"
+#endif
+
 #if defined(__CUDACC__)
 #define KILN_ACT_HD __host__ __device__ __forceinline__
 #else
@@ -45,5 +49,41 @@ template <typename T>
 KILN_ACT_HD T relu_grad_mask(T x, T dy) {
   return x > T(0) ? dy : T(0);
 }
+
+#if !defined(__CUDACC__)
+// --- CPU fp32 forms (vectorizable; see kernels/cpu_math.h) -------------------
+//
+// The same function as gelu_value / gelu_grad, evaluated through the
+// identity 0.5·(1 + tanh(u)) = 1 / (1 + e^{-2u}) = s: no cancellation in
+// 1 + tanh(u) for negative x, and with e = e^{-2|u|} <= 1,
+//   s = 1/(1 + e) (u >= 0) or e/(1 + e) (u < 0),   s·(1 - s) = e/(1 + e)²,
+//   gelu(x)  = x·s,
+//   gelu'(x) = s + 2·x·s·(1 - s)·du,  du = sqrt(2/π)·(1 + 3·0.044715·x²).
+// Error (fp32, against the double tanh formula): a few ulp of |x|·s for the
+// forward and of the gradient's larger term for the backward. The float CPU
+// kernels use these; the double references and the CUDA kernels use the
+// tanh forms above.
+
+/// gelu_value<float>, vectorizable.
+inline float gelu_value_f32(float x) {
+  const float u = 0.7978845608028654f * (x + 0.044715f * x * x * x);
+  const float au = cpu_math::bits_float(cpu_math::float_bits(u) & 0x7fffffffu);
+  const float e = cpu_math::exp_f32(-2.0f * au);
+  const float s = cpu_math::select(u < 0.0f, e, 1.0f) / (1.0f + e);
+  return x * s;
+}
+
+/// gelu_grad<float>, vectorizable.
+inline float gelu_grad_f32(float x) {
+  const float k0 = 0.7978845608028654f, k1 = 0.044715f;
+  const float u = k0 * (x + k1 * x * x * x);
+  const float au = cpu_math::bits_float(cpu_math::float_bits(u) & 0x7fffffffu);
+  const float e = cpu_math::exp_f32(-2.0f * au);
+  const float d = 1.0f + e;
+  const float s = cpu_math::select(u < 0.0f, e, 1.0f) / d;
+  const float du = k0 * (1.0f + 3.0f * k1 * x * x);
+  return s + 2.0f * x * (e / (d * d)) * du;
+}
+#endif
 
 }  // namespace kiln

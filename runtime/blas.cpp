@@ -7,11 +7,13 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <mutex>
 #include <type_traits>
 #include <vector>
 
 #include "runtime/blas_detail.h"
 #include "runtime/error.h"
+#include "runtime/parallel.h"
 
 namespace kiln {
 namespace detail {
@@ -92,17 +94,18 @@ namespace {
 
 using detail::gelu;
 
-// Elements a stored row-major matrix of `rows` rows of `cols` with leading
-// dimension ld spans.
-int64_t extent(int64_t rows, int64_t cols, int64_t ld) { return rows == 0 || cols == 0 ? 0 : (rows - 1) * ld + cols; }
-
-std::vector<float> widen(const bf16* p, int64_t n) {
-  std::vector<float> v(static_cast<size_t>(n));
-  for (int64_t i = 0; i < n; ++i) v[static_cast<size_t>(i)] = bf16_to_float(p[i]);
+// A rows x cols block of a bf16 matrix (leading dimension ld) as compact fp32
+// (leading dimension cols).
+std::vector<float> widen_block(const bf16* p, int64_t rows, int64_t cols, int64_t ld) {
+  std::vector<float> v(static_cast<size_t>(rows * cols));
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = 0; j < cols; ++j) v[static_cast<size_t>(i * cols + j)] = bf16_to_float(p[i * ld + j]);
   return v;
 }
 
-// C (m x n, ldc) = alpha·op(A)·op(B) + beta·C for T = float or double.
+// C (m x n, ldc) = alpha·op(A)·op(B) + beta·C for T = float or double, on
+// the calling thread (OpenBLAS runs single-threaded: kiln's pool splits the
+// work, see cpu_gemm below).
 template <typename T>
 void blas_gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* a, int64_t lda, const T* b,
                int64_t ldb, T beta, T* c, int64_t ldc) {
@@ -123,21 +126,23 @@ void blas_gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const
   }
 }
 
-// Bias, aux and GELU on an m x n block of accumulators (T = float or double),
+// Bias, aux and GELU on an rows x cols block of accumulators (T = float or
+// double), bias and aux already offset to the block (aux row stride aux_ld),
 // storing aux as Out.
 template <typename T, typename Out>
-void epilogue_rows(const GemmArgs& g, T* c, int64_t ldc, const T* bias, Out* aux) {
+void epilogue_block(const GemmArgs& g, T* c, int64_t ldc, int64_t rows, int64_t cols, const T* bias, Out* aux,
+                    int64_t aux_ld) {
   const bool has_bias = g.epilogue == Epilogue::bias || g.epilogue == Epilogue::bias_gelu;
   const bool has_gelu = g.epilogue == Epilogue::gelu || g.epilogue == Epilogue::bias_gelu;
-  for (int64_t i = 0; i < g.m; ++i) {
+  for (int64_t i = 0; i < rows; ++i) {
     T* row = c + i * ldc;
-    for (int64_t j = 0; j < g.n; ++j) {
+    for (int64_t j = 0; j < cols; ++j) {
       T v = row[j];
       if (has_bias) v = v + bias[j];
       if (has_gelu) {
         if (aux) {
-          if constexpr (std::is_same<Out, bf16>::value) aux[i * g.n + j] = float_to_bf16(static_cast<float>(v));
-          else aux[i * g.n + j] = static_cast<Out>(v);
+          if constexpr (std::is_same<Out, bf16>::value) aux[i * aux_ld + j] = float_to_bf16(static_cast<float>(v));
+          else aux[i * aux_ld + j] = static_cast<Out>(v);
         }
         v = gelu(v);
       }
@@ -146,70 +151,135 @@ void epilogue_rows(const GemmArgs& g, T* c, int64_t ldc, const T* bias, Out* aux
   }
 }
 
+// One block of one batch of the product: C[m0:m1, n0:n1] of batch bi, with
+// its epilogue and (bf16 out) its rounding. Blocks of different (bi, rows,
+// columns) touch disjoint parts of C and aux, so they run concurrently.
+template <typename T>
+void gemm_block(const GemmArgs& g, const T* bias_f, int64_t bi, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+  const int64_t bm = m1 - m0, bn = n1 - n0;
+  if (bm <= 0 || bn <= 0) return;
+  // The block reads rows m0..m1 of op(A) and columns n0..n1 of op(B).
+  // Stored A is m x k (k x m when trans_a), B is k x n (n x k when trans_b).
+  const int64_t a_off = g.trans_a ? m0 : m0 * g.lda, b_off = g.trans_b ? n0 * g.ldb : n0;
+  const T *a = nullptr, *b = nullptr;
+  int64_t lda = g.lda, ldb = g.ldb;
+  std::vector<T> abuf, bbuf;
+  if (g.k > 0) {
+    if (g.in_dtype == DType::bf16) {
+      // OpenBLAS has no bf16 GEMM here: widen the spans this block reads.
+      if constexpr (std::is_same<T, float>::value) {
+        const bf16* a16 = static_cast<const bf16*>(g.a) + bi * g.stride_a + a_off;
+        const bf16* b16 = static_cast<const bf16*>(g.b) + bi * g.stride_b + b_off;
+        abuf = g.trans_a ? widen_block(a16, g.k, bm, g.lda) : widen_block(a16, bm, g.k, g.lda);
+        bbuf = g.trans_b ? widen_block(b16, bn, g.k, g.ldb) : widen_block(b16, g.k, bn, g.ldb);
+        lda = g.trans_a ? bm : g.k;
+        ldb = g.trans_b ? g.k : bn;
+      }
+      a = abuf.data();
+      b = bbuf.data();
+    } else {
+      a = static_cast<const T*>(g.a) + bi * g.stride_a + a_off;
+      b = static_cast<const T*>(g.b) + bi * g.stride_b + b_off;
+    }
+  }
+  const bool out_bf16 = g.out_dtype == DType::bf16;
+  T* c;
+  int64_t ldc = g.ldc;
+  std::vector<T> cbuf;
+  bf16* c16 = nullptr;
+  if (out_bf16) {
+    // Accumulate in a float copy of the block, round once at the end.
+    c16 = static_cast<bf16*>(g.c) + bi * g.stride_c + m0 * g.ldc + n0;
+    cbuf.assign(static_cast<size_t>(bm * bn), T(0));
+    ldc = bn;
+    if (g.beta != 0.0f)
+      for (int64_t i = 0; i < bm; ++i)
+        for (int64_t j = 0; j < bn; ++j) cbuf[static_cast<size_t>(i * bn + j)] = bf16_to_float(c16[i * g.ldc + j]);
+    c = cbuf.data();
+  } else {
+    c = static_cast<T*>(g.c) + bi * g.stride_c + m0 * g.ldc + n0;
+  }
+  blas_gemm<T>(g.trans_a, g.trans_b, bm, bn, g.k, static_cast<T>(g.alpha), a, lda, b, ldb, static_cast<T>(g.beta), c,
+               ldc);
+  if (g.epilogue != Epilogue::none) {
+    const T* bias = bias_f ? bias_f + n0 : nullptr;
+    const int64_t aux_off = bi * g.m * g.n + m0 * g.n + n0;  // aux is (batch, m, n) compact
+    if (out_bf16) {
+      bf16* aux = g.gelu_aux ? static_cast<bf16*>(g.gelu_aux) + aux_off : nullptr;
+      epilogue_block<T, bf16>(g, c, ldc, bm, bn, bias, aux, g.n);
+    } else {
+      T* aux = g.gelu_aux ? static_cast<T*>(g.gelu_aux) + aux_off : nullptr;
+      epilogue_block<T, T>(g, c, ldc, bm, bn, bias, aux, g.n);
+    }
+  }
+  if (out_bf16)
+    for (int64_t i = 0; i < bm; ++i)
+      for (int64_t j = 0; j < bn; ++j)
+        c16[i * g.ldc + j] = float_to_bf16(static_cast<float>(cbuf[static_cast<size_t>(i * bn + j)]));
+}
+
+// Multiply-adds per part below which a split is not worth a thread (~15 µs
+// of sgemm). Results of a split GEMM may differ in the last bits from the
+// unsplit product (so GEMMs, unlike kiln's own kernels, depend on the thread
+// count): OpenBLAS may sum a block in another order than the whole, e.g.
+// 0.3.21 runs products of M·N·K <= 1e6 through its SkylakeX small-matrix
+// kernels, and its Haswell kernels differ for other blocks. Each split is a
+// function of the shape and thread count only, so results are deterministic
+// at a fixed thread count.
+constexpr int64_t kGemmMinPerPart = int64_t{1} << 20;
+// Block boundaries are multiples of this (OpenBLAS's micro-tiles divide it).
+constexpr int64_t kGemmAlign = 16;
+
 template <typename T>
 void cpu_gemm_typed(const GemmArgs& g) {
   // T = double only for f64 in and out; otherwise the arithmetic is float.
-  const int64_t a_rows = g.trans_a ? g.k : g.m, a_cols = g.trans_a ? g.m : g.k;
-  const int64_t b_rows = g.trans_b ? g.n : g.k, b_cols = g.trans_b ? g.k : g.n;
-  const int64_t a_ext = extent(a_rows, a_cols, g.lda), b_ext = extent(b_rows, b_cols, g.ldb);
-  const bool out_bf16 = g.out_dtype == DType::bf16;
   std::vector<T> bias_f;
   if (g.bias) {
-    if (out_bf16) {
+    if (g.out_dtype == DType::bf16) {
       bias_f.resize(static_cast<size_t>(g.n));
       for (int64_t j = 0; j < g.n; ++j) bias_f[static_cast<size_t>(j)] = bf16_to_float(static_cast<const bf16*>(g.bias)[j]);
     } else {
       bias_f.assign(static_cast<const T*>(g.bias), static_cast<const T*>(g.bias) + g.n);
     }
   }
-  const bool any_epilogue = g.epilogue != Epilogue::none;
-  std::vector<T> cbuf;
-  for (int64_t bi = 0; bi < g.batch; ++bi) {
-    const T *a, *b;
-    std::vector<T> abuf, bbuf;
-    if (g.in_dtype == DType::bf16) {
-      // OpenBLAS has no bf16 GEMM here: widen the spans this batch reads.
-      if constexpr (std::is_same<T, float>::value) {
-        abuf = widen(static_cast<const bf16*>(g.a) + bi * g.stride_a, a_ext);
-        bbuf = widen(static_cast<const bf16*>(g.b) + bi * g.stride_b, b_ext);
-      }
-      a = abuf.data();
-      b = bbuf.data();
-    } else {
-      a = g.k > 0 ? static_cast<const T*>(g.a) + bi * g.stride_a : nullptr;
-      b = g.k > 0 ? static_cast<const T*>(g.b) + bi * g.stride_b : nullptr;
-    }
-    T* c;
-    int64_t ldc = g.ldc;
-    bf16* c16 = nullptr;
-    if (out_bf16) {
-      // Accumulate in a float copy of C, round once at the end.
-      c16 = static_cast<bf16*>(g.c) + bi * g.stride_c;
-      cbuf.assign(static_cast<size_t>(g.m * g.n), T(0));
-      ldc = g.n;
-      if (g.beta != 0.0f)
-        for (int64_t i = 0; i < g.m; ++i)
-          for (int64_t j = 0; j < g.n; ++j) cbuf[static_cast<size_t>(i * g.n + j)] = bf16_to_float(c16[i * g.ldc + j]);
-      c = cbuf.data();
-    } else {
-      c = static_cast<T*>(g.c) + bi * g.stride_c;
-    }
-    blas_gemm<T>(g.trans_a, g.trans_b, g.m, g.n, g.k, static_cast<T>(g.alpha), a, g.lda, b, g.ldb,
-                 static_cast<T>(g.beta), c, ldc);
-    if (any_epilogue) {
-      if (out_bf16) {
-        bf16* aux = g.gelu_aux ? static_cast<bf16*>(g.gelu_aux) + bi * g.m * g.n : nullptr;
-        epilogue_rows<T, bf16>(g, c, ldc, bias_f.data(), aux);
-      } else {
-        T* aux = g.gelu_aux ? static_cast<T*>(g.gelu_aux) + bi * g.m * g.n : nullptr;
-        epilogue_rows<T, T>(g, c, ldc, bias_f.data(), aux);
-      }
-    }
-    if (out_bf16)
-      for (int64_t i = 0; i < g.m; ++i)
-        for (int64_t j = 0; j < g.n; ++j)
-          c16[i * g.ldc + j] = float_to_bf16(static_cast<float>(cbuf[static_cast<size_t>(i * g.n + j)]));
+  const T* bias = g.bias ? bias_f.data() : nullptr;
+  // Static partition over the pool: whole batches when there are enough of
+  // them, else each product split along its larger output dimension (M rows
+  // when M >= N: each part packs all of B, the smaller operand then) at
+  // multiples of kGemmAlign. Every output element is computed by exactly one
+  // block, with the same K loop as an unsplit call.
+  const int64_t mnk = g.m * g.n * std::max<int64_t>(g.k, 1);
+  const int parts = parallel_parts(mnk * g.batch, kGemmMinPerPart);
+  if (parts <= 1) {
+    for (int64_t bi = 0; bi < g.batch; ++bi) gemm_block<T>(g, bias, bi, 0, g.m, 0, g.n);
+    return;
   }
+  if (g.batch >= parts) {
+    parallel_run(parts, [&](int p, int np) {
+      for (int64_t bi = split_begin(g.batch, np, p); bi < split_begin(g.batch, np, p + 1); ++bi)
+        gemm_block<T>(g, bias, bi, 0, g.m, 0, g.n);
+    });
+    return;
+  }
+  const bool split_m = g.m >= g.n;
+  const int64_t dim = split_m ? g.m : g.n;
+  const int64_t tiles = (dim + kGemmAlign - 1) / kGemmAlign;
+  const int np_dim = static_cast<int>(std::min<int64_t>(parts, tiles));
+  parallel_run(np_dim, [&](int p, int np) {
+    const int64_t lo = std::min(dim, split_begin(tiles, np, p) * kGemmAlign);
+    const int64_t hi = std::min(dim, split_begin(tiles, np, p + 1) * kGemmAlign);
+    for (int64_t bi = 0; bi < g.batch; ++bi) {
+      if (split_m) gemm_block<T>(g, bias, bi, lo, hi, 0, g.n);
+      else gemm_block<T>(g, bias, bi, 0, g.m, lo, hi);
+    }
+  });
+}
+
+// OpenBLAS runs single-threaded inside kiln's pool (its own threads would
+// spin against the pool's); set once, before the first GEMM.
+void openblas_single_threaded() {
+  static std::once_flag once;
+  std::call_once(once, [] { openblas_set_num_threads(1); });
 }
 
 }  // namespace
@@ -217,6 +287,7 @@ void cpu_gemm_typed(const GemmArgs& g) {
 namespace detail {
 void cpu_gemm(const GemmArgs& g) {
   if (g.m == 0 || g.n == 0) return;
+  openblas_single_threaded();
   if (g.in_dtype == DType::f64) cpu_gemm_typed<double>(g);
   else cpu_gemm_typed<float>(g);
 }
@@ -237,9 +308,10 @@ void gemm(const GemmArgs& args, Device device, cudaStream_t stream) {
 
 void set_cpu_threads(int n) {
   KILN_CHECK(n >= 1, "set_cpu_threads(" << n << "): need at least one thread");
-  openblas_set_num_threads(n);
+  openblas_single_threaded();
+  set_cpu_pool_threads(n);
 }
 
-int cpu_threads() { return openblas_get_num_threads(); }
+int cpu_threads() { return cpu_pool_threads(); }
 
 }  // namespace kiln

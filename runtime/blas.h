@@ -52,7 +52,10 @@ struct GemmArgs {
 /// Checks shapes and leading dimensions and throws Error naming the argument.
 void gemm(const GemmArgs& args, Device device, cudaStream_t stream = nullptr);
 
-/// Threads OpenBLAS may use (kiln sets this once at start-up).
+/// Threads of the CPU backend (kiln sets this once at start-up from the
+/// config's `threads`): the size of the one pool in runtime/parallel.h that
+/// runs every threaded CPU op. CPU GEMMs are split over that pool, each part
+/// a single-threaded OpenBLAS call, so OpenBLAS's own threads stay asleep.
 void set_cpu_threads(int n);
 int cpu_threads();
 

@@ -329,6 +329,56 @@ TEST(Blas, BadArgumentsAreNamed) {
   EXPECT_TRUE(throws_naming(g, Device::cuda(0), "f64"));
 }
 
+// The CPU pool splits a GEMM over its threads (whole batches, or blocks of
+// rows or columns of C). Each split must still match the triple loop and be
+// deterministic at a fixed thread count. (Bits may differ between thread
+// counts: OpenBLAS's kernels may sum a block in another order than the whole
+// product — its Haswell kernels do, its SkylakeX ones do not above its
+// small-matrix size.)
+TEST(Blas, CpuSplitsMatchTheTripleLoopAndRepeat) {
+  std::vector<Case> cases;
+  for (int t = 0; t < 4; ++t) {
+    Case rows{601, 70, 65};  // M >= N: split by rows of C
+    rows.ta = t & 1;
+    rows.tb = t & 2;
+    rows.pad = 1;
+    cases.push_back(rows);
+    Case cols{41, 666, 97};  // N > M: split by columns of C
+    cols.ta = t & 1;
+    cols.tb = t & 2;
+    cols.beta = 0.5f;
+    cases.push_back(cols);
+  }
+  Case batches{97, 81, 67};  // enough batches: split by batch
+  batches.batch = 9;
+  cases.push_back(batches);
+  for (DType out : {DType::f32, DType::bf16}) {
+    Case epi{403, 96, 70, false, true, 1, 1.0f, 0.0f, 0, DType::bf16, out, Epilogue::bias_gelu, true};
+    cases.push_back(epi);
+  }
+  Case f64{300, 129, 60};
+  f64.in = f64.out = DType::f64;
+  cases.push_back(f64);
+  const int before = cpu_threads();
+  uint64_t seed = 700;
+  for (const Case& c : cases) {
+    const Inputs inputs = make_inputs(c, seed++);
+    const Reference ref = reference(c, inputs);
+    for (int threads : {1, 2, 3}) {
+      set_cpu_threads(threads);
+      const auto first = run(c, inputs, Device::cpu());
+      ASSERT_TRUE(matches_reference(c, first.first, ref)) << "threads " << threads;
+      const auto again = run(c, inputs, Device::cpu());
+      for (size_t i = 0; i < first.first.size(); ++i) {
+        if (std::isnan(first.first[i]) && std::isnan(again.first[i])) continue;
+        ASSERT_EQ(again.first[i], first.first[i]) << c.str() << " threads " << threads << " element " << i;
+      }
+      ASSERT_EQ(again.second, first.second) << c.str() << " aux, threads " << threads;
+    }
+  }
+  set_cpu_threads(before);
+}
+
 TEST(Blas, CpuThreads) {
   const int before = cpu_threads();
   set_cpu_threads(1);

@@ -56,6 +56,27 @@ TEST(NormCpu, HandComputedAndEmpty) {
   EXPECT_TRUE(std::isnan(global_norm_cpu(&bad, 1)));
 }
 
+// The CPU counterpart of global_norm_clip: norm, scale computed in double,
+// and the non-finite flag raised (never lowered).
+TEST(NormCpu, ClipAndNonFiniteFlag) {
+  const std::vector<float> a = {3.0f, 4.0f};
+  const std::vector<NormTensor> v = {{a.data(), 2}};
+  float norm = 0, scale = 0, flag = 0;
+  global_norm_clip_cpu(&norm, &scale, &flag, v.data(), 1, 1.0);
+  EXPECT_EQ(norm, 5.0f);
+  EXPECT_EQ(scale, static_cast<float>(1.0 / (5.0 + 1e-6)));
+  EXPECT_EQ(flag, 0.0f);
+  global_norm_clip_cpu(&norm, &scale, &flag, v.data(), 1, 0.0);  // clipping off
+  EXPECT_EQ(scale, 1.0f);
+  const std::vector<float> bad = {1.0f, INFINITY};
+  const std::vector<NormTensor> vb = {{a.data(), 2}, {bad.data(), 2}};
+  global_norm_clip_cpu(&norm, &scale, &flag, vb.data(), 2, 1.0);
+  EXPECT_TRUE(std::isinf(norm));
+  EXPECT_EQ(flag, 1.0f);
+  global_norm_clip_cpu<float>(&norm, nullptr, &flag, v.data(), 1, 1.0);
+  EXPECT_EQ(flag, 1.0f);  // sticky: a finite norm does not lower it
+}
+
 TEST(NormCpu, ClipScale) {
   EXPECT_EQ(clip_scale_from_norm(0.5f, 1.0f), 1.0f);           // under the limit: untouched
   EXPECT_EQ(clip_scale_from_norm(0.0f, 1.0f), 1.0f);
@@ -198,6 +219,43 @@ TEST(NormGpu, ClipScaleFeedsTheOptimizerWithoutHostSync) {
   EXPECT_NEAR(s, 2.0 / (want_norm + 1e-6), 1e-5 * s);
   const std::vector<float> p = dp.to_host();
   for (int64_t i = 0; i < n; ++i) ASSERT_NEAR(p[i], p0[i] - 0.1f * (g[i] * s), 1e-6f) << "element " << i;
+#endif
+}
+
+// Pass 1 and pass 2 apart give the one-call result (what ZeRO-1 runs with
+// an all-reduce of the partials between them), and the flag is raised for a
+// non-finite norm and never lowered; the optimizer then skips on the device.
+TEST(NormGpu, PartialsFinishAndNonFiniteFlagSkipTheStep) {
+  KILN_REQUIRE_GPU();
+#if KILN_WITH_CUDA
+  DeviceTensors d(gpu_sizes(), 90);
+  test::DeviceBuffer<float> norm(1), scale(1), flag(std::vector<float>{0.0f}), ws(kNormPartials);
+  global_norm_clip(norm.get(), scale.get(), d.views.data(), d.count(), 1.0f, ws.get(), nullptr, flag.get());
+  const float n1 = norm.to_host()[0], s1 = scale.to_host()[0];
+  EXPECT_EQ(flag.to_host()[0], 0.0f);
+  test::DeviceBuffer<float> partials(kNormPartials);
+  global_norm_partials(partials.get(), d.views.data(), d.count(), nullptr);
+  global_norm_finish(norm.get(), scale.get(), flag.get(), partials.get(), 1.0f, nullptr);
+  EXPECT_TRUE(test::bitwise_equal({norm.to_host()[0], scale.to_host()[0]}, {n1, s1}, "two passes apart"));
+  global_norm_finish(norm.get(), scale.get(), nullptr, partials.get(), 0.0f, nullptr);
+  EXPECT_EQ(scale.to_host()[0], 1.0f);  // clipping off
+
+  const int64_t n = 33;
+  std::vector<float> g = random_uniform(n, 91);
+  g[7] = NAN;
+  const std::vector<float> p0 = random_uniform(n, 92);
+  test::DeviceBuffer<float> dg(g), dp(p0);
+  const NormTensor view{dg.get(), n};
+  global_norm(norm.get(), &view, 1, ws.get(), nullptr, flag.get());
+  EXPECT_EQ(flag.to_host()[0], 1.0f);
+  OptimizerTensor t{dp.get(), dg.get(), nullptr, nullptr, nullptr, n, 0.0f};
+  SgdConfig cfg;
+  cfg.lr = 0.1f;
+  cfg.skip = flag.get();
+  sgd_step(&t, 1, cfg, nullptr);
+  EXPECT_TRUE(test::bitwise_equal(dp.to_host(), p0, "skipped SGD step"));
+  global_norm(norm.get(), d.views.data(), d.count(), ws.get(), nullptr, flag.get());  // finite again
+  EXPECT_EQ(flag.to_host()[0], 1.0f);
 #endif
 }
 

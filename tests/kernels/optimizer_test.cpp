@@ -316,6 +316,59 @@ TEST(OptimizerCpu, RejectsBadArguments) {
   EXPECT_THROW(sgd_step_cpu(&ok, 1, sgd), Error);
 }
 
+// A set skip flag leaves every array and the step counter as they were; a
+// step counter gives the same update as the explicit step.
+TEST(OptimizerCpu, SkipFlagAndStepCounter) {
+  for (const char* opt : {"adamw", "sgd"}) {
+    SCOPED_TRACE(opt);
+    ParamSet a(kSizes, false, 3), b = a;
+    int32_t counter = 0;
+    const float skip_on = 1.0f, skip_off = 0.0f;
+    for (int t = 1; t <= 4; ++t) {
+      a.new_grads(300 + t);
+      b.new_grads(300 + t);
+      // b: explicit step t; a: the counter, with a skipped try before each step.
+      auto ta = a.host_tensors(), tb = b.host_tensors();
+      const ParamSet before = a;
+      if (std::string(opt) == "adamw") {
+        AdamWConfig c;
+        c.lr = 1e-2f;
+        c.step_counter = &counter;
+        c.skip = &skip_on;
+        adamw_step_cpu(ta.data(), static_cast<int64_t>(ta.size()), c);
+        ASSERT_EQ(counter, t - 1);
+        ASSERT_EQ(a.p, before.p);
+        ASSERT_EQ(a.m, before.m);
+        ASSERT_EQ(a.v, before.v);
+        c.skip = &skip_off;
+        adamw_step_cpu(ta.data(), static_cast<int64_t>(ta.size()), c);
+        AdamWConfig e;
+        e.lr = 1e-2f;
+        e.step = t;
+        adamw_step_cpu(tb.data(), static_cast<int64_t>(tb.size()), e);
+      } else {
+        SgdConfig c;
+        c.lr = 1e-2f;
+        c.momentum = 0.9f;
+        c.step_counter = &counter;
+        c.skip = &skip_on;
+        sgd_step_cpu(ta.data(), static_cast<int64_t>(ta.size()), c);
+        ASSERT_EQ(counter, t - 1);
+        ASSERT_EQ(a.p, before.p);
+        ASSERT_EQ(a.m, before.m);
+        c.skip = nullptr;
+        sgd_step_cpu(ta.data(), static_cast<int64_t>(ta.size()), c);
+        SgdConfig e = c;
+        e.step_counter = nullptr;
+        sgd_step_cpu(tb.data(), static_cast<int64_t>(tb.size()), e);
+      }
+      ASSERT_EQ(counter, t);
+      ASSERT_TRUE(test::bitwise_equal(a.p, b.p, "param after step " + std::to_string(t)));
+      ASSERT_TRUE(test::bitwise_equal(a.m, b.m, "m after step " + std::to_string(t)));
+    }
+  }
+}
+
 // --- CUDA vs CPU -----------------------------------------------------------
 
 #if KILN_WITH_CUDA
@@ -424,6 +477,41 @@ std::vector<int64_t> many_sizes() {
   return s;
 }
 #endif
+
+// The device flag and counter: a skipped step writes nothing and keeps the
+// count; the counted steps match the CPU's explicit ones.
+TEST(OptimizerGpu, SkipFlagAndStepCounterOnTheDevice) {
+  KILN_REQUIRE_GPU();
+#if KILN_WITH_CUDA
+  ParamSet cpu(gpu_sizes(), false, 9);
+  DeviceSet dev(cpu);
+  test::DeviceBuffer<int32_t> counter(std::vector<int32_t>{0});
+  test::DeviceBuffer<float> skip(std::vector<float>{1.0f});
+  for (int t = 1; t <= 3; ++t) {
+    cpu.new_grads(700 + t);
+    dev.g.upload(cpu.g);
+    auto dt = dev.tensors(cpu, true);
+    AdamWConfig d;
+    d.lr = 1e-2f;
+    d.step_counter = counter.get();
+    d.skip = skip.get();
+    skip.upload({1.0f});
+    const std::vector<float> before = dev.p.to_host();
+    adamw_step(dt.data(), static_cast<int64_t>(dt.size()), d, nullptr);
+    ASSERT_TRUE(test::bitwise_equal(dev.p.to_host(), before, "skipped step"));
+    ASSERT_EQ(counter.to_host()[0], t - 1);
+    skip.upload({0.0f});
+    adamw_step(dt.data(), static_cast<int64_t>(dt.size()), d, nullptr);
+    ASSERT_EQ(counter.to_host()[0], t);
+    auto ct = cpu.host_tensors();
+    AdamWConfig c;
+    c.lr = 1e-2f;
+    c.step = t;
+    adamw_step_cpu(ct.data(), static_cast<int64_t>(ct.size()), c);
+  }
+  EXPECT_TRUE(close_in_tensors(cpu, dev.p.to_host(), as_double(cpu.p), {1e-5, 1e-6}, "counted AdamW param"));
+#endif
+}
 
 TEST(OptimizerGpu, AdamWMatchesCpu) {
   KILN_REQUIRE_GPU();

@@ -82,7 +82,10 @@ inline float gelu_grad_f32(float x) {
   const float d = 1.0f + e;
   const float s = cpu_math::select(u < 0.0f, e, 1.0f) / d;
   const float du = k0 * (1.0f + 3.0f * k1 * x * x);
-  return s + 2.0f * x * (e / (d * d)) * du;
+  // Saturated (e = 0): the second term is 0, also where du overflows
+  // (|x| > 1.8e19 would give 0·inf); 0·x keeps x = ±inf NaN, as in double.
+  const float term = cpu_math::select(e == 0.0f, 0.0f * x, 2.0f * x * (e / (d * d)) * du);
+  return s + term;
 }
 #endif
 

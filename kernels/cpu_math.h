@@ -135,6 +135,71 @@ inline float logistic_f32(float x) {
   return select(x != x, x + x, out);
 }
 
+// --- Fixed-order reductions ---------------------------------------------------
+//
+// Strict IEEE order forbids the compiler from vectorizing a running sum. These
+// keep kLanes partial sums (element i goes to lane i mod kLanes, the tail to
+// the total), combined in a fixed tree: an order that depends on n alone, so
+// the result is the same on every ISA clone and every thread count, and the
+// lane loop vectorizes.
+
+constexpr int kLanes = 8;
+
+/// Σ x[i] in double.
+template <typename T>
+inline double sum_lanes(const T* x, int64_t n) {
+  double acc[kLanes] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int l = 0; l < kLanes; ++l) acc[l] += static_cast<double>(x[i + l]);
+  double s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+  for (; i < n; ++i) s += static_cast<double>(x[i]);
+  return s;
+}
+
+/// Σ a[i]·b[i] in double.
+template <typename T>
+inline double dot_lanes(const T* a, const T* b, int64_t n) {
+  double acc[kLanes] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int l = 0; l < kLanes; ++l) acc[l] += static_cast<double>(a[i + l]) * static_cast<double>(b[i + l]);
+  double s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+  for (; i < n; ++i) s += static_cast<double>(a[i]) * static_cast<double>(b[i]);
+  return s;
+}
+
+/// max_i x[i] ignoring NaN (as std::fmax does); -inf for n == 0 or all NaN.
+/// *any_nan (optional) is set when some x[i] is NaN.
+inline float max_lanes(const float* x, int64_t n, bool* any_nan = nullptr) {
+  constexpr int L = 16;
+  float m[L];
+  uint32_t nan[L];
+  for (int l = 0; l < L; ++l) {
+    m[l] = -std::numeric_limits<float>::infinity();
+    nan[l] = 0;
+  }
+  int64_t i = 0;
+  for (; i + L <= n; i += L)
+    for (int l = 0; l < L; ++l) {
+      const float v = x[i + l];
+      m[l] = select(v > m[l], v, m[l]);
+      nan[l] |= static_cast<uint32_t>(v != v);
+    }
+  float r = -std::numeric_limits<float>::infinity();
+  uint32_t any = 0;
+  for (int l = 0; l < L; ++l) {
+    r = select(m[l] > r, m[l], r);
+    any |= nan[l];
+  }
+  for (; i < n; ++i) {
+    r = select(x[i] > r, x[i], r);
+    any |= static_cast<uint32_t>(x[i] != x[i]);
+  }
+  if (any_nan) *any_nan = any != 0;
+  return r;
+}
+
 /// out[i] = exp_f32(x[i]), i in [0, n) (out may alias x).
 void exp_f32_array(float* out, const float* x, int64_t n);
 /// out[i] = tanh_f32(x[i]).

@@ -2,11 +2,13 @@
 // known values and finite differences; CUDA launchers against the CPU
 // references in fp32 and bf16 over many sizes, aligned and misaligned.
 #include "kernels/activation.h"
+#include "kernels/activation_math.h"
 
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <utility>
 #include <vector>
 
@@ -14,6 +16,7 @@
 #include "runtime/error.h"
 #include "tests/harness/harness.h"
 #include "tests/kernels/typed_io.h"
+#include "tests/kernels/thread_counts.h"
 
 namespace kiln {
 namespace {
@@ -293,6 +296,64 @@ TEST(ActivationGpu, RejectsBadShapes) {
   EXPECT_THROW(bias_backward(static_cast<float*>(nullptr), static_cast<const float*>(nullptr), 4, -1, nullptr),
                Error);
 #endif
+}
+
+// --- CPU threads --------------------------------------------------------------
+
+template <typename T>
+std::vector<T> as(const std::vector<float>& v) {
+  return std::vector<T>(v.begin(), v.end());
+}
+
+template <typename T>
+void check_activation_thread_counts() {
+  const int64_t n = 100003, rows = 1001, cols = 333;
+  const std::vector<T> x = as<T>(random_uniform(n, 31, -6.0f, 6.0f)), dy = as<T>(random_uniform(n, 32));
+  const std::vector<T> m = as<T>(random_uniform(rows * cols, 33)), bias = as<T>(random_uniform(cols, 34));
+  EXPECT_TRUE(test::same_at_thread_counts([&] {
+    std::vector<T> out(2 * n);
+    gelu_forward_cpu(out.data(), x.data(), n);
+    gelu_backward_cpu(out.data() + n, x.data(), dy.data(), n);
+    return out;
+  }, "gelu"));
+  EXPECT_TRUE(test::same_at_thread_counts([&] {
+    std::vector<T> out(3 * n);
+    relu_forward_cpu(out.data(), x.data(), n);
+    relu_backward_cpu(out.data() + n, x.data(), dy.data(), n);
+    residual_add_cpu(out.data() + 2 * n, x.data(), dy.data(), n);
+    return out;
+  }, "relu, residual"));
+  EXPECT_TRUE(test::same_at_thread_counts([&] {
+    std::vector<T> out(rows * cols + cols, T(0.5));
+    bias_add_forward_cpu(out.data(), m.data(), bias.data(), rows, cols);
+    bias_backward_cpu(out.data() + rows * cols, m.data(), rows, cols);
+    return out;
+  }, "bias add, bias backward"));
+}
+
+TEST(ActivationCpu, ResultsDoNotDependOnTheThreadCount) {
+  check_activation_thread_counts<float>();
+  check_activation_thread_counts<double>();
+}
+
+TEST(ActivationCpu, FloatGeluSpecialValuesFollowTheDoubleFormula) {
+  // inf, NaN and values where x³ overflows float or the exponential
+  // saturates: the vectorized float form gives what the tanh formula does.
+  const float inf = std::numeric_limits<float>::infinity();
+  const std::vector<float> x = {inf, -inf, NAN, 1e5f, -1e5f, 30.0f, -30.0f, 1e20f, -1e20f, 0.0f, -0.0f, 1e-30f};
+  const int64_t n = static_cast<int64_t>(x.size());
+  std::vector<float> y(x.size()), dx(x.size());
+  const std::vector<float> ones(x.size(), 1.0f);
+  gelu_forward_cpu(y.data(), x.data(), n);
+  gelu_backward_cpu(dx.data(), x.data(), ones.data(), n);
+  for (int64_t i = 0; i < n; ++i) {
+    const double xd = x[i], want = gelu_value<double>(xd), want_d = gelu_grad<double>(xd);
+    if (std::isnan(want)) EXPECT_TRUE(std::isnan(y[i])) << "gelu(" << x[i] << ") = " << y[i];
+    else if (std::isinf(want)) EXPECT_EQ(y[i], want) << "gelu(" << x[i] << ")";
+    else EXPECT_NEAR(y[i], want, 1e-6 * std::fabs(want) + 1e-30) << "gelu(" << x[i] << ")";
+    if (std::isnan(want_d)) EXPECT_TRUE(std::isnan(dx[i])) << "gelu'(" << x[i] << ") = " << dx[i];
+    else EXPECT_NEAR(dx[i], want_d, 1e-6 * std::fabs(want_d) + 1e-30) << "gelu'(" << x[i] << ")";
+  }
 }
 
 }  // namespace

@@ -21,6 +21,7 @@
 #include "tests/harness/gradcheck.h"
 #include "tests/harness/harness.h"
 #include "tests/kernels/typed_io.h"
+#include "tests/kernels/thread_counts.h"
 
 namespace kiln {
 namespace {
@@ -288,6 +289,33 @@ TEST(CrossEntropyGpu, RunsAreBitIdentical) {
 #else
 TEST(CrossEntropyGpu, MatchesCpu) { KILN_REQUIRE_GPU(); }
 #endif
+
+// --- CPU threads --------------------------------------------------------------
+
+template <typename T>
+void check_cross_entropy_thread_counts(float smoothing) {
+  const int64_t rows = 97, V = 1001, Vp = 1024;
+  const std::vector<float> lf = random_uniform(rows * Vp, 51, -10.0f, 10.0f);
+  const std::vector<T> logits(lf.begin(), lf.end());
+  std::vector<int32_t> targets(rows);
+  for (int64_t r = 0; r < rows; ++r) targets[r] = r % 7 == 3 ? kIgnoreIndex : static_cast<int32_t>((r * 37) % V);
+  EXPECT_TRUE(test::same_at_thread_counts([&] {
+    std::vector<T> out = logits;
+    out.resize(rows * Vp + 2 * rows);
+    cross_entropy_forward_cpu(out.data() + rows * Vp + rows, logits.data(), targets.data(), rows, V, Vp,
+                              kIgnoreIndex, smoothing);
+    cross_entropy_forward_backward_cpu(out.data(), out.data() + rows * Vp, targets.data(), rows, V, Vp, 0.01f,
+                                       kIgnoreIndex, smoothing);
+    return out;
+  }, "cross-entropy, smoothing " + std::to_string(smoothing)));
+}
+
+TEST(CrossEntropyCpu, ResultsDoNotDependOnTheThreadCount) {
+  for (float smoothing : {0.0f, 0.1f}) {
+    check_cross_entropy_thread_counts<float>(smoothing);
+    check_cross_entropy_thread_counts<double>(smoothing);
+  }
+}
 
 }  // namespace
 }  // namespace kiln

@@ -16,6 +16,7 @@
 
 #include "tests/harness/gradcheck.h"
 #include "tests/harness/harness.h"
+#include "tests/kernels/thread_counts.h"
 #include "tests/kernels/typed_io.h"
 
 namespace kiln {
@@ -374,6 +375,40 @@ TEST(LayerNormGpu, RunsAreBitIdentical) {
 #else
 TEST(LayerNormGpu, ForwardMatchesCpu) { KILN_REQUIRE_GPU(); }
 #endif
+
+// --- CPU threads --------------------------------------------------------------
+
+template <typename T>
+void check_layernorm_thread_counts() {
+  const int64_t rows = 501, C = 193;
+  auto vec = [](int64_t n, uint64_t seed, float lo, float hi) {
+    const std::vector<float> f = test::random_uniform(n, seed, lo, hi);
+    return std::vector<T>(f.begin(), f.end());
+  };
+  const std::vector<T> x = vec(rows * C, 61, -3.0f, 5.0f), res = vec(rows * C, 62, -1.0f, 1.0f);
+  const std::vector<T> w = vec(C, 63, 0.5f, 1.5f), b = vec(C, 64, -0.5f, 0.5f), dy = vec(rows * C, 65, -1.0f, 1.0f);
+  EXPECT_TRUE(test::same_at_thread_counts([&] {
+    // y, mean, rstd; sum, y2, mean2, rstd2; dx, dweight, dbias
+    std::vector<T> out(4 * rows * C + 4 * rows + 2 * C, T(0.25));
+    T* p = out.data();
+    layernorm_forward_cpu(p, p + rows * C, p + rows * C + rows, x.data(), w.data(), b.data(), rows, C, 1e-5f);
+    p += rows * C + 2 * rows;
+    residual_layernorm_forward_cpu(p, p + rows * C, p + 2 * rows * C, p + 2 * rows * C + rows, x.data(), res.data(),
+                                   w.data(), b.data(), rows, C, 1e-5f);
+    const T* sum = p;
+    const T* mean = p + 2 * rows * C;
+    const T* rstd = mean + rows;
+    p += 2 * rows * C + 2 * rows;
+    layernorm_backward_cpu(p, p + rows * C, p + rows * C + C, dy.data(), sum, w.data(), mean, rstd, res.data(), rows,
+                           C);
+    return out;
+  }, "layernorm"));
+}
+
+TEST(LayerNormCpu, ResultsDoNotDependOnTheThreadCount) {
+  check_layernorm_thread_counts<float>();
+  check_layernorm_thread_counts<double>();
+}
 
 }  // namespace
 }  // namespace kiln

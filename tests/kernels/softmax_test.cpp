@@ -17,6 +17,7 @@
 #include "tests/harness/gradcheck.h"
 #include "tests/harness/harness.h"
 #include "tests/kernels/typed_io.h"
+#include "tests/kernels/thread_counts.h"
 
 namespace kiln {
 namespace {
@@ -232,6 +233,26 @@ TEST(SoftmaxGpu, RunsAreBitIdentical) {
 #else
 TEST(SoftmaxGpu, ForwardBackwardMatchCpu) { KILN_REQUIRE_GPU(); }
 #endif
+
+// --- CPU threads --------------------------------------------------------------
+
+template <typename T>
+void check_softmax_thread_counts() {
+  const int64_t rows = 301, C = 257;
+  const std::vector<float> xf = random_uniform(rows * C, 41, -8.0f, 8.0f), dyf = random_uniform(rows * C, 42);
+  const std::vector<T> x(xf.begin(), xf.end()), dy(dyf.begin(), dyf.end());
+  EXPECT_TRUE(test::same_at_thread_counts([&] {
+    std::vector<T> out(2 * rows * C);
+    softmax_forward_cpu(out.data(), x.data(), rows, C);
+    softmax_backward_cpu(out.data() + rows * C, dy.data(), out.data(), rows, C);
+    return out;
+  }, "softmax"));
+}
+
+TEST(SoftmaxCpu, ResultsDoNotDependOnTheThreadCount) {
+  check_softmax_thread_counts<float>();
+  check_softmax_thread_counts<double>();
+}
 
 }  // namespace
 }  // namespace kiln

@@ -4,6 +4,7 @@
 #include <limits>
 
 #include "kernels/cast.h"
+#include "runtime/parallel.h"
 
 namespace kiln {
 namespace {
@@ -46,7 +47,10 @@ template <> struct Convert<uint8_t> {
 
 template <typename Src, typename Dst>
 void cast_forward_cpu(const Src* x, Dst* y, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) y[i] = Convert<Dst>::from(x[i]);
+  // Elementwise, so threading on the CPU pool cannot change a result.
+  parallel_for(n, int64_t{1} << 15, [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; ++i) y[i] = Convert<Dst>::from(x[i]);
+  });
 }
 
 #define KILN_CAST_DST(S)                                                \

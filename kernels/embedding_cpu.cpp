@@ -1,9 +1,14 @@
-// CPU references for kernels/embedding.h (T = float, double).
+// CPU references for kernels/embedding.h (T = float, double), threaded on the
+// CPU pool (runtime/parallel.h): the forward by output rows, the backward by
+// table rows (each vocabulary row, and each position row of dwpe, is summed
+// by one part in the fixed order below), so no result depends on the thread
+// count.
 #include <algorithm>
 #include <vector>
 
 #include "kernels/embedding.h"
 #include "runtime/error.h"
+#include "runtime/parallel.h"
 
 namespace kiln {
 
@@ -23,6 +28,9 @@ void check_shape(int64_t n, int64_t channels, int64_t vocab, const char* who) {
              who << ": bad shape (n " << n << ", channels " << channels << ", vocab " << vocab << ")");
 }
 
+// Elements per part below which another thread does not pay (~10 µs).
+constexpr int64_t kPerPart = int64_t{1} << 15;
+
 // dtable[v] += Σ dout[i] over the positions i with ids[i] = v, in increasing i,
 // into a fresh accumulator per row (the order the GPU uses too). Positions are
 // bucketed by a stable counting sort.
@@ -34,17 +42,30 @@ void scatter_rows(T* dtable, const T* dout, const int32_t* ids, int64_t n, int64
   std::vector<int64_t> order(static_cast<size_t>(n));  // positions grouped by id, increasing within a group
   std::vector<int64_t> fill(start.begin(), start.end() - 1);
   for (int64_t i = 0; i < n; ++i) order[fill[ids[i]]++] = i;
-  std::vector<T> acc(static_cast<size_t>(channels));  // (C)
-  for (int64_t v = 0; v < vocab; ++v) {
-    if (start[v] == start[v + 1]) continue;
-    std::fill(acc.begin(), acc.end(), T(0));
-    for (int64_t k = start[v]; k < start[v + 1]; ++k) {
-      const T* d = dout + order[k] * channels;  // (C)
-      for (int64_t c = 0; c < channels; ++c) acc[c] += d[c];
+  // Parts own contiguous ranges of vocabulary rows, cut where the positions
+  // they sum are about evenly shared (the cut depends on the work only).
+  const int parts = parallel_parts(n * channels, kPerPart);
+  parallel_run(parts, [&](int p, int np) {
+    // First vocabulary row of part q: the bucket holding position n·q/np.
+    auto first_row = [&](int q) -> int64_t {
+      if (q == 0) return 0;
+      if (q == np) return vocab;
+      const int64_t k = split_begin(n, np, q);
+      return std::upper_bound(start.begin(), start.end(), k) - start.begin() - 1;
+    };
+    const int64_t v0 = first_row(p), v1 = first_row(p + 1);
+    std::vector<T> acc(static_cast<size_t>(channels));  // (C)
+    for (int64_t v = v0; v < v1; ++v) {
+      if (start[v] == start[v + 1]) continue;
+      std::fill(acc.begin(), acc.end(), T(0));
+      for (int64_t k = start[v]; k < start[v + 1]; ++k) {
+        const T* d = dout + order[k] * channels;  // (C)
+        for (int64_t c = 0; c < channels; ++c) acc[c] += d[c];
+      }
+      T* row = dtable + v * channels;  // (C)
+      for (int64_t c = 0; c < channels; ++c) row[c] += acc[c];
     }
-    T* row = dtable + v * channels;  // (C)
-    for (int64_t c = 0; c < channels; ++c) row[c] += acc[c];
-  }
+  });
 }
 
 }  // namespace
@@ -55,15 +76,15 @@ void embedding_forward_cpu(T* out, const int32_t* tokens, const T* wte, const T*
   KILN_CHECK(batch >= 0 && seq >= 0, "embedding_forward_cpu: bad shape (" << batch << ", " << seq << ")");
   check_shape(batch * seq, channels, vocab, "embedding_forward_cpu");
   check_ids(tokens, batch * seq, vocab, "embedding_forward_cpu");
-  for (int64_t b = 0; b < batch; ++b) {
-    for (int64_t t = 0; t < seq; ++t) {
-      const int64_t row = b * seq + t;
+  parallel_for(batch * seq, std::max<int64_t>(1, kPerPart / std::max<int64_t>(channels, 1)), [&](int64_t r0, int64_t r1) {
+    for (int64_t row = r0; row < r1; ++row) {
+      const int64_t t = row % seq;
       const T* e = wte + static_cast<int64_t>(tokens[row]) * channels;  // (C)
       const T* p = wpe + t * channels;                                  // (C)
       T* o = out + row * channels;                                      // (C)
       for (int64_t c = 0; c < channels; ++c) o[c] = e[c] + p[c];
     }
-  }
+  });
 }
 
 template <typename T>
@@ -74,16 +95,18 @@ void embedding_backward_cpu(T* dwte, T* dwpe, const T* dout, const int32_t* toke
   check_ids(tokens, batch * seq, vocab, "embedding_backward_cpu");
   scatter_rows(dwte, dout, tokens, batch * seq, channels, vocab);
   if (dwpe == nullptr || batch == 0) return;
-  std::vector<T> acc(static_cast<size_t>(channels));  // (C)
-  for (int64_t t = 0; t < seq; ++t) {
-    std::fill(acc.begin(), acc.end(), T(0));
-    for (int64_t b = 0; b < batch; ++b) {
-      const T* d = dout + (b * seq + t) * channels;  // (C)
-      for (int64_t c = 0; c < channels; ++c) acc[c] += d[c];
+  parallel_for(seq, std::max<int64_t>(1, kPerPart / std::max<int64_t>(batch * channels, 1)), [&](int64_t t0, int64_t t1) {
+    std::vector<T> acc(static_cast<size_t>(channels));  // (C)
+    for (int64_t t = t0; t < t1; ++t) {
+      std::fill(acc.begin(), acc.end(), T(0));
+      for (int64_t b = 0; b < batch; ++b) {
+        const T* d = dout + (b * seq + t) * channels;  // (C)
+        for (int64_t c = 0; c < channels; ++c) acc[c] += d[c];
+      }
+      T* row = dwpe + t * channels;
+      for (int64_t c = 0; c < channels; ++c) row[c] += acc[c];
     }
-    T* row = dwpe + t * channels;
-    for (int64_t c = 0; c < channels; ++c) row[c] += acc[c];
-  }
+  });
 }
 
 template <typename T>
@@ -91,10 +114,12 @@ void embedding_lookup_forward_cpu(T* out, const int32_t* ids, const T* table, in
                                   int64_t vocab) {
   check_shape(n, channels, vocab, "embedding_lookup_forward_cpu");
   check_ids(ids, n, vocab, "embedding_lookup_forward_cpu");
-  for (int64_t i = 0; i < n; ++i) {
-    const T* e = table + static_cast<int64_t>(ids[i]) * channels;
-    std::copy(e, e + channels, out + i * channels);
-  }
+  parallel_for(n, std::max<int64_t>(1, kPerPart / std::max<int64_t>(channels, 1)), [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const T* e = table + static_cast<int64_t>(ids[i]) * channels;
+      std::copy(e, e + channels, out + i * channels);
+    }
+  });
 }
 
 template <typename T>

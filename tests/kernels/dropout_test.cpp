@@ -14,6 +14,7 @@
 #include "runtime/error.h"
 #include "tests/harness/harness.h"
 #include "tests/kernels/typed_io.h"
+#include "tests/kernels/thread_counts.h"
 
 namespace kiln {
 namespace {
@@ -193,6 +194,19 @@ TEST(DropoutGpu, RejectsBadProbability) {
 #if KILN_WITH_CUDA
   EXPECT_THROW(dropout_forward(static_cast<float*>(nullptr), nullptr, 4, 2.0f, 0, 0, nullptr), Error);
 #endif
+}
+
+// --- CPU threads --------------------------------------------------------------
+
+TEST(DropoutCpu, ResultsDoNotDependOnTheThreadCount) {
+  const int64_t n = 100003;
+  const std::vector<float> x = random_uniform(n, 81);
+  EXPECT_TRUE(test::same_at_thread_counts([&] {
+    std::vector<float> out(2 * n);
+    dropout_forward_cpu(out.data(), x.data(), n, 0.3f, 1234, 77);
+    dropout_backward_cpu(out.data() + n, x.data(), n, 0.3f, 1234, 77);
+    return out;
+  }, "dropout"));
 }
 
 }  // namespace

@@ -15,6 +15,7 @@
 #include "runtime/error.h"
 #include "tests/harness/harness.h"
 #include "tests/kernels/typed_io.h"
+#include "tests/kernels/thread_counts.h"
 
 namespace kiln {
 namespace {
@@ -285,6 +286,34 @@ TEST(EmbeddingGpu, RejectsTooSmallWorkspace) {
   EXPECT_THROW(embedding_lookup_backward(dwte.get(), dout.get(), dtok.get(), 2, 4, 2, ws.get(), 16, nullptr, nullptr),
                Error);
 #endif
+}
+
+// --- CPU threads --------------------------------------------------------------
+
+template <typename T>
+void check_embedding_thread_counts() {
+  // Skewed ids (many repeats of a few rows, as in text) so the backward's
+  // vocabulary split falls inside runs of equal ids.
+  const int64_t B = 7, S = 129, C = 67, V = 501;
+  std::vector<int32_t> ids(B * S);
+  for (int64_t i = 0; i < B * S; ++i) ids[i] = static_cast<int32_t>(i % 5 == 0 ? 3 : (i * i * 31) % V);
+  const std::vector<float> wf = random_uniform(V * C, 71), pf = random_uniform(S * C, 72), df = random_uniform(B * S * C, 73);
+  const std::vector<T> wte(wf.begin(), wf.end()), wpe(pf.begin(), pf.end()), dout(df.begin(), df.end());
+  EXPECT_TRUE(test::same_at_thread_counts([&] {
+    std::vector<T> out(2 * B * S * C + 2 * V * C + S * C, T(0.5));
+    T* p = out.data();
+    embedding_forward_cpu(p, ids.data(), wte.data(), wpe.data(), B, S, C, V);
+    embedding_lookup_forward_cpu(p + B * S * C, ids.data(), wte.data(), B * S, C, V);
+    p += 2 * B * S * C;
+    embedding_backward_cpu(p, p + V * C, dout.data(), ids.data(), B, S, C, V);
+    embedding_lookup_backward_cpu(p + V * C + S * C, dout.data(), ids.data(), B * S, C, V);
+    return out;
+  }, "embedding"));
+}
+
+TEST(EmbeddingCpu, ResultsDoNotDependOnTheThreadCount) {
+  check_embedding_thread_counts<float>();
+  check_embedding_thread_counts<double>();
 }
 
 }  // namespace

@@ -300,36 +300,13 @@ TEST_F(DataParallel, NonFiniteOnOneRankIsSkippedOrStopsOnAll) {
 // 2 rows per micro-batch x 3 micro-batches x 2 ranks = the 12 rows of
 // MaskedTask's first step, whose micro-batches hold 0 to 2 loss tokens.
 TEST_F(DataParallel, TokenWeightedGradientMatchesTheOnePassMean) {
-  TrainConfig cfg = tiny(root_dir() / "masked",
-                         {"optim.type=sgd", "optim.lr=1", "optim.momentum=0", "optim.weight_decay=0",
-                          "optim.grad_clip=0", "schedule.type=constant", "schedule.warmup_steps=0",
-                          "train.max_steps=1", "train.batch_size=2", "train.global_batch=12",
-                          "train.checkpoint_every=0"});
+  std::vector<std::string> o = test::sgd_one_step_overrides();
+  o.insert(o.end(), {"train.batch_size=2", "train.global_batch=12"});
+  const TrainConfig cfg = tiny(root_dir() / "masked", o);
+  ASSERT_EQ(plan_batch(cfg, comm().world()).accum, 3);
   std::vector<std::vector<float>> before, grad;
-  TrainOptions opt;
-  opt.make_task = [](const TrainConfig& c, const TaskContext& ctx) -> std::unique_ptr<Task> {
-    EXPECT_EQ(ctx.world, 2);
-    EXPECT_EQ(ctx.plan.accum, 3);
-    return std::make_unique<test::MaskedTask>(c, ctx);
-  };
-  opt.before_step = [&](int64_t, nn::Module& m) {
-    for (nn::Parameter* p : m.parameters()) before.push_back(p->value.to_vector());
-  };
-  opt.after_step = [&](const StepEvent& e) {
-    const auto ps = e.model->parameters();
-    for (size_t i = 0; i < ps.size(); ++i) {
-      std::vector<float> after = ps[i]->value.to_vector(), g(after.size());
-      for (size_t j = 0; j < g.size(); ++j) g[j] = before[i][j] - after[j];  // SGD at lr 1: the gradient
-      grad.push_back(g);
-    }
-  };
-  run(cfg, /*single=*/false, opt);
-  const auto ref = test::one_pass_gradient(cfg, 0, 12);
-  ASSERT_EQ(grad.size(), ref.size());
-  double worst = 0;
-  for (size_t i = 0; i < ref.size(); ++i)
-    for (size_t j = 0; j < ref[i].size(); ++j) worst = std::max(worst, std::fabs(double(grad[i][j]) - ref[i][j]));
-  EXPECT_LT(worst, 2e-7);
+  run(cfg, /*single=*/false, test::masked_step_gradient(&before, &grad));
+  EXPECT_LT(test::max_abs_diff(grad, test::one_pass_gradient(cfg, 0, 12)), 2e-7);
 }
 
 // Buffers start from rank 0's on every rank (the test model's buffer starts

@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "data/safetensors.h"
+#include "tests/trainers/run_checks.h"
 #include "trainers/checkpoint.h"
 
 namespace kiln {
@@ -25,23 +26,8 @@ namespace fs = std::filesystem;
 const std::string kKiln = std::string(KILN_BINARY_DIR) + "/kiln";
 const std::string kTiny = std::string(KILN_SOURCE_DIR) + "/configs/mlp_tiny.yaml";
 
-struct CliRun {
-  int status = -1;
-  std::string output;  // stdout + stderr
-};
-
-CliRun run(const std::string& args) {
-  CliRun r;
-  const std::string cmd = kKiln + " " + args + " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  if (!p) return r;
-  std::array<char, 4096> buf{};
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.output.append(buf.data(), n);
-  const int st = pclose(p);
-  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-  return r;
-}
+using test::CliRun;
+CliRun run(const std::string& args) { return test::run_kiln(args); }
 
 fs::path temp_dir(const std::string& name) {
   fs::path d = fs::temp_directory_path() / ("kiln_cli_test_" + name + "_" + std::to_string(::getpid()));

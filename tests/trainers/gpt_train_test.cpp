@@ -15,6 +15,7 @@
 #include "data/safetensors.h"
 #include "data/tokenizer.h"
 #include "nn/gpt_io.h"
+#include "tests/trainers/run_checks.h"
 #include "trainers/checkpoint.h"
 #include "trainers/config.h"
 #include "trainers/lm_task.h"
@@ -26,7 +27,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-const std::string kKiln = std::string(KILN_BINARY_DIR) + "/kiln";
 const std::string kTiny = std::string(KILN_SOURCE_DIR) + "/configs/gpt_tiny.yaml";
 
 fs::path fresh_dir(const std::string& name) {
@@ -55,34 +55,12 @@ struct CliRun {
 };
 
 CliRun run_cli(const std::string& args) {
-  CliRun r;
-  FILE* p = popen((kKiln + " " + args + " 2>/dev/null").c_str(), "r");
-  if (!p) return r;
-  std::array<char, 4096> buf{};
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
-  const int st = pclose(p);
-  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-  return r;
+  const test::CliRun r = test::run_kiln(args, /*with_stderr=*/false);
+  return {r.status, r.output};
 }
 
-std::vector<nlohmann::json> deterministic_metrics(const fs::path& run) {
-  std::vector<nlohmann::json> m = read_metrics((run / "metrics.jsonl").string());
-  for (auto& line : m) {
-    line.erase("tokens_per_s");
-    line.erase("mfu");
-  }
-  return m;
-}
-
-std::map<std::string, std::vector<uint8_t>> final_weights(const fs::path& run) {
-  auto ck = find_latest_valid_checkpoint(run.string());
-  EXPECT_TRUE(ck.has_value());
-  SafetensorsFile f = read_safetensors((fs::path(*ck) / kCheckpointWeights).string());
-  std::map<std::string, std::vector<uint8_t>> out;
-  for (auto& [name, t] : f.tensors) out[name] = t.bytes();
-  return out;
-}
+std::vector<nlohmann::json> deterministic_metrics(const fs::path& run) { return test::deterministic_metrics(run.string()); }
+std::map<std::string, std::vector<uint8_t>> final_weights(const fs::path& run) { return test::final_weights(run.string()); }
 
 // One data directory and one finished run shared by the tests (built once).
 class GptTrain : public ::testing::Test {

@@ -21,6 +21,7 @@
 #include <sstream>
 
 #include "tests/harness/temp_dir.h"
+#include "tests/trainers/run_checks.h"
 #include "trainers/checkpoint.h"
 #include "trainers/config.h"
 #include "trainers/config_schema.h"
@@ -186,29 +187,15 @@ TEST(Keys, EveryKeyIsClassifiedAndItsEvidenceExists) {
     }
 }
 
-struct Cli {
-  int status = -1;
-  std::string output;
-};
-
-Cli run_kiln(const std::string& args) {
-  Cli r;
-  FILE* p = popen((std::string(KILN_BINARY_DIR) + "/kiln " + args + " 2>&1").c_str(), "r");
-  if (!p) return r;
-  std::array<char, 4096> buf{};
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.output.append(buf.data(), n);
-  const int st = pclose(p);
-  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-  return r;
-}
+using test::CliRun;
+using test::run_kiln;
 
 TEST(Keys, RefusedKeysExitTwoNamingTheKey) {
   test::TempDir dir;
   for (const KeyClass& k : table()) {
     if (k.how != How::refused) continue;
     const std::string config = k.where == "gpt" ? kGptTiny : kTiny;
-    const Cli r = run_kiln("train " + config + " output_dir=" + dir.file("run") + " '" + k.what + "'");
+    const CliRun r = run_kiln("train " + config + " output_dir=" + dir.file("run") + " '" + k.what + "'");
     EXPECT_EQ(r.status, 2) << k.what << ":\n" << r.output;
     EXPECT_NE(r.output.find(k.key), std::string::npos) << k.what << ":\n" << r.output;
     EXPECT_FALSE(fs::exists(dir.file("run"))) << k.what << ": a run directory was made";
@@ -217,7 +204,7 @@ TEST(Keys, RefusedKeysExitTwoNamingTheKey) {
 
 TEST(Keys, InitFromAMissingFileExitsTwoBeforeTheRun) {
   test::TempDir dir;
-  const Cli r = run_kiln("train " + kTiny + " output_dir=" + dir.file("run") + " model.init_from=" +
+  const CliRun r = run_kiln("train " + kTiny + " output_dir=" + dir.file("run") + " model.init_from=" +
                          dir.file("no_such.safetensors"));
   EXPECT_EQ(r.status, 2) << r.output;
   EXPECT_NE(r.output.find("model.init_from"), std::string::npos) << r.output;

@@ -146,41 +146,17 @@ TEST(Seams, InitFromLoadsAnMlpByName) {
 // One SGD step at lr 1 without clipping: the update is the gradient.
 std::vector<std::vector<float>> step_gradient(const TrainConfig& cfg) {
   std::vector<std::vector<float>> before, grad;
-  TrainOptions opt;
-  opt.make_task = [](const TrainConfig& c, const TaskContext& ctx) -> std::unique_ptr<Task> {
-    return std::make_unique<test::MaskedTask>(c, ctx);
-  };
-  opt.before_step = [&](int64_t, nn::Module& m) {
-    for (nn::Parameter* p : m.parameters()) before.push_back(p->value.to_vector());
-  };
-  opt.after_step = [&](const StepEvent& e) {
-    const auto ps = e.model->parameters();
-    for (size_t i = 0; i < ps.size(); ++i) {
-      std::vector<float> after = ps[i]->value.to_vector(), g(after.size());
-      for (size_t j = 0; j < g.size(); ++j) g[j] = before[i][j] - after[j];
-      grad.push_back(g);
-    }
-  };
-  train(cfg, opt);
+  train(cfg, test::masked_step_gradient(&before, &grad));
   return grad;
 }
 
 std::vector<std::string> sgd_one_step(const std::string& out) {
-  return {"output_dir=" + out, "optim.type=sgd", "optim.lr=1", "optim.momentum=0", "optim.weight_decay=0",
-          "optim.grad_clip=0", "schedule.type=constant", "schedule.warmup_steps=0", "train.max_steps=1",
-          "train.eval_every=0", "train.checkpoint_every=0", "model.mlp.dropout=0"};
+  std::vector<std::string> o = test::sgd_one_step_overrides();
+  o.push_back("output_dir=" + out);
+  return o;
 }
 
-double max_diff(const std::vector<std::vector<float>>& a, const std::vector<std::vector<float>>& b) {
-  double worst = 0;
-  EXPECT_EQ(a.size(), b.size());
-  for (size_t i = 0; i < a.size() && i < b.size(); ++i) {
-    EXPECT_EQ(a[i].size(), b[i].size());
-    for (size_t j = 0; j < a[i].size() && j < b[i].size(); ++j)
-      worst = std::max(worst, std::fabs(static_cast<double>(a[i][j]) - b[i][j]));
-  }
-  return worst;
-}
+using test::max_abs_diff;
 
 TEST(Seams, GradientIsTheMeanOverTheStepsLossTokens) {
   test::TempDir dir;
@@ -190,12 +166,12 @@ TEST(Seams, GradientIsTheMeanOverTheStepsLossTokens) {
   const TrainConfig accum = load_config(std::string(KILN_SOURCE_DIR) + "/configs/mlp_tiny.yaml", o);
   const auto g_accum = step_gradient(accum);
   const auto ref = test::one_pass_gradient(accum, 0, 12);
-  EXPECT_LT(max_diff(g_accum, ref), 2e-7);
+  EXPECT_LT(max_abs_diff(g_accum, ref), 2e-7);
   // One micro-batch of all 12 rows: the same.
   std::vector<std::string> o1 = sgd_one_step(dir.file("one"));
   o1.insert(o1.end(), {"train.batch_size=12", "train.grad_accum=1"});
   const auto g_one = step_gradient(load_config(std::string(KILN_SOURCE_DIR) + "/configs/mlp_tiny.yaml", o1));
-  EXPECT_LT(max_diff(g_one, ref), 2e-7);
+  EXPECT_LT(max_abs_diff(g_one, ref), 2e-7);
   // Weighting micro-batches equally (the mean of the three micro-batch
   // means) is measurably another gradient: the comparison above can fail.
   std::vector<std::vector<float>> by_micro = test::one_pass_gradient(accum, 0, 4);
@@ -206,7 +182,7 @@ TEST(Seams, GradientIsTheMeanOverTheStepsLossTokens) {
   }
   for (auto& v : by_micro)
     for (float& x : v) x /= 3.0f;
-  EXPECT_GT(max_diff(by_micro, ref), 1e-3);
+  EXPECT_GT(max_abs_diff(by_micro, ref), 1e-3);
 }
 
 TEST(Seams, NoHostWaitBetweenLogWindows) {

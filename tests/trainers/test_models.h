@@ -13,6 +13,7 @@
 //   Linear (an MLP without hidden layers).
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <memory>
 #include <string>
@@ -24,6 +25,7 @@
 #include "trainers/config.h"
 #include "trainers/models.h"
 #include "trainers/task.h"
+#include "trainers/trainer.h"
 
 namespace kiln::test {
 
@@ -175,6 +177,50 @@ class MaskedTask : public Task {
   std::vector<float> x_;
   std::vector<int32_t> y_;
 };
+
+/// Options that train MaskedTask and record the step's update of every
+/// parameter (before - after) into *grad: with SGD at lr 1, no momentum, no
+/// decay and no clipping, that is the step's gradient. Keep `before` alive
+/// with the options.
+inline TrainOptions masked_step_gradient(std::vector<std::vector<float>>* before,
+                                         std::vector<std::vector<float>>* grad) {
+  TrainOptions opt;
+  opt.make_task = [](const TrainConfig& c, const TaskContext& ctx) -> std::unique_ptr<Task> {
+    return std::make_unique<MaskedTask>(c, ctx);
+  };
+  opt.before_step = [before](int64_t, nn::Module& m) {
+    for (nn::Parameter* p : m.parameters()) before->push_back(p->value.to_vector());
+  };
+  opt.after_step = [before, grad](const StepEvent& e) {
+    const auto ps = e.model->parameters();
+    for (size_t i = 0; i < ps.size(); ++i) {
+      const std::vector<float> after = ps[i]->value.to_vector();
+      std::vector<float> g(after.size());
+      for (size_t j = 0; j < g.size(); ++j) g[j] = (*before)[i][j] - after[j];
+      grad->push_back(g);
+    }
+  };
+  return opt;
+}
+
+/// The overrides that make one step's update its gradient (see above).
+inline std::vector<std::string> sgd_one_step_overrides() {
+  return {"optim.type=sgd", "optim.lr=1", "optim.momentum=0", "optim.weight_decay=0", "optim.grad_clip=0",
+          "schedule.type=constant", "schedule.warmup_steps=0", "train.max_steps=1", "train.eval_every=0",
+          "train.checkpoint_every=0", "model.mlp.dropout=0"};
+}
+
+/// Largest |a - b| over matching elements (and a failure when shapes differ).
+inline double max_abs_diff(const std::vector<std::vector<float>>& a, const std::vector<std::vector<float>>& b) {
+  double worst = 0;
+  EXPECT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size() && i < b.size(); ++i) {
+    EXPECT_EQ(a[i].size(), b[i].size());
+    for (size_t j = 0; j < a[i].size() && j < b[i].size(); ++j)
+      worst = std::max(worst, std::fabs(static_cast<double>(a[i][j]) - b[i][j]));
+  }
+  return worst;
+}
 
 /// dL/dW, dL/db of MaskedTask's model at its initial weights for rows
 /// [first, first + n) in one pass: the mean over their loss tokens

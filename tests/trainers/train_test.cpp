@@ -7,6 +7,7 @@
 #include <fstream>
 
 #include "data/safetensors.h"
+#include "tests/trainers/run_checks.h"
 #include "trainers/checkpoint.h"
 #include "trainers/config.h"
 #include "trainers/metrics.h"
@@ -30,24 +31,8 @@ TrainConfig tiny(const fs::path& out, std::vector<std::string> extra = {}) {
   return load_config(tiny_config(), extra);
 }
 
-// metrics.jsonl without the wall-clock fields (throughput differs run to run).
-std::vector<nlohmann::json> deterministic_metrics(const fs::path& run) {
-  std::vector<nlohmann::json> m = read_metrics((run / "metrics.jsonl").string());
-  for (auto& line : m) {
-    line.erase("samples_per_s");
-    line.erase("tokens_per_s");
-  }
-  return m;
-}
-
-std::map<std::string, std::vector<uint8_t>> final_weights(const fs::path& run) {
-  auto ck = find_latest_valid_checkpoint(run.string());
-  EXPECT_TRUE(ck.has_value());
-  SafetensorsFile f = read_safetensors((fs::path(*ck) / kCheckpointWeights).string());
-  std::map<std::string, std::vector<uint8_t>> out;
-  for (auto& [name, t] : f.tensors) out[name] = t.bytes();
-  return out;
-}
+std::vector<nlohmann::json> deterministic_metrics(const fs::path& run) { return test::deterministic_metrics(run.string()); }
+std::map<std::string, std::vector<uint8_t>> final_weights(const fs::path& run) { return test::final_weights(run.string()); }
 
 TEST(Train, TinyRunLearnsAndWritesItsFiles) {
   const fs::path dir = fresh_dir("basic");

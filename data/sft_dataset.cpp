@@ -81,7 +81,7 @@ SftRecord parse_line(std::string_view line, int64_t lineno) {
   json j;
   try {
     j = json::parse(line.begin(), line.end());
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, and out_of_range for a number that overflows
     std::string msg = e.what();
     const size_t p = msg.find("] ");  // drop nlohmann's "[json.exception.parse_error.101] "
     if (p != std::string::npos) msg = msg.substr(p + 2);

@@ -17,6 +17,7 @@
 #include <cctype>
 #include <charconv>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <sstream>
 
@@ -96,6 +97,40 @@ static std::string either(const std::vector<std::string>& v) {
 
 static std::string child_path(const std::string& parent, const std::string& name) {
   return parent.empty() ? name : parent + "." + name;
+}
+
+// Offset of the first byte of `s` that is not part of well-formed UTF-8
+// (overlong forms, surrogates and code points above U+10FFFF are not), or
+// npos.
+static size_t invalid_utf8_at(const std::string& s) {
+  const auto* b = reinterpret_cast<const unsigned char*>(s.data());
+  const size_t n = s.size();
+  for (size_t i = 0; i < n;) {
+    const unsigned c = b[i];
+    size_t len;
+    unsigned lo = 0x80, hi = 0xBF;  // allowed range of the second byte
+    if (c < 0x80) {
+      ++i;
+      continue;
+    } else if (c >= 0xC2 && c <= 0xDF) {
+      len = 2;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+      len = 3;
+      if (c == 0xE0) lo = 0xA0;  // overlong
+      if (c == 0xED) hi = 0x9F;  // surrogates
+    } else if (c >= 0xF0 && c <= 0xF4) {
+      len = 4;
+      if (c == 0xF0) lo = 0x90;  // overlong
+      if (c == 0xF4) hi = 0x8F;  // above U+10FFFF
+    } else {
+      return i;
+    }
+    if (i + len > n || b[i + 1] < lo || b[i + 1] > hi) return i;
+    for (size_t k = 2; k < len; ++k)
+      if (b[i + k] < 0x80 || b[i + k] > 0xBF) return i;
+    i += len;
+  }
+  return std::string::npos;
 }
 
 // yaml-cpp refuses documents nested deeper than its parser's recursion limit
@@ -506,7 +541,18 @@ struct Converter {
 
   std::string to_string(const YAML::Node& n, const std::string& w, const std::string& path) const {
     if (!n.IsScalar()) fail(n, w, path, "expected a string, got " + describe(n));
-    return n.Scalar();
+    // YAML is UTF-8 text, but yaml-cpp passes other bytes through; the
+    // emitter would then write U+FFFD for them, so the saved config.yaml
+    // would not read back as the config that ran.
+    const std::string& s = n.Scalar();
+    const size_t bad = invalid_utf8_at(s);
+    if (bad != std::string::npos) {
+      char hex[8];
+      std::snprintf(hex, sizeof(hex), "0x%02X", static_cast<unsigned char>(s[bad]));
+      fail(n, w, path, "expected UTF-8 text, got byte " + std::string(hex) + " at offset " + std::to_string(bad) +
+                           " that is not UTF-8");
+    }
+    return s;
   }
 
   std::string to_choice(const YAML::Node& n, const std::string& w, const std::string& path) const {

@@ -136,6 +136,21 @@ TEST(Reliability, DeeplyNestedYamlSaysWhatIsWrong) {
   EXPECT_TRUE(has(r, "nested too deeply")) << r.output;
 }
 
+// ---- fuzzing finding: a config string that is not UTF-8 ----------------------
+// yaml-cpp passed the bytes through and the emitter wrote U+FFFD for them, so
+// the run directory's config.yaml did not read back as the config that ran.
+
+TEST(Reliability, ConfigStringsMustBeUtf8) {
+  test::TempDir d;
+  test::write_file(d.file("bad.yaml"), "name: \"t\xff\"\ndevice: cpu\nmodel: {type: mlp}\ndata: {type: fashion_mnist}\n");
+  const CliRun r = kiln("validate '" + d.file("bad.yaml") + "'");
+  EXPECT_EQ(r.status, 2) << r.output;
+  EXPECT_TRUE(has(r, "name: expected UTF-8 text, got byte 0xFF at offset 1")) << r.output;
+  const CliRun o = kiln("validate '" + std::string(KILN_SOURCE_DIR) + "/configs/mlp_tiny.yaml' 'output_dir=runs/\xc3('");
+  EXPECT_EQ(o.status, 2) << o.output;
+  EXPECT_TRUE(has(o, "output_dir: expected UTF-8 text, got byte 0xC3 at offset 5")) << o.output;
+}
+
 // ---- item 8b: kiln sample's numeric options name their range --------------
 
 TEST(Reliability, SampleOptionsOutOfRangeNameTheRange) {

@@ -41,7 +41,9 @@ void declare(Schema& s) {
   model.choice("type", &ModelConfig::type, registered_model_types(), "",
                "architecture (a registered model type); its own section below holds its options")
       .required();
-  model.string("init_from", &ModelConfig::init_from, "", "safetensors weights to start from (empty = random init)");
+  model.string("init_from", &ModelConfig::init_from, "",
+               "weights to start from: a kiln run directory (its newest valid checkpoint; the model section and "
+               "data.tokenizer then come from its config.yaml) or a safetensors file (empty = random init)");
 
   auto mlp = model.section("mlp", &ModelConfig::mlp, "multi-layer perceptron").when("model.type", {"mlp"});
   mlp.integers("hidden", &MlpConfig::hidden, {256, 128}, "hidden layer widths").range(1, 1 << 20).items(0, 64);
@@ -253,6 +255,58 @@ std::string file_stem(const std::string& path) {
   return base;
 }
 
+// model.init_from naming a kiln run directory: the weights come from that
+// run, so the model does too. model.type, the model.gpt architecture and
+// data.tokenizer are taken from the run's config.yaml (model.gpt.dropout too,
+// unless this config sets it: dropout is a training choice); a key this
+// config gives that contradicts the run is an error naming the key. Other
+// model types keep their own sections (the checkpoint's tensor names and
+// shapes are checked when it is loaded).
+void inherit_from_run(TrainConfig& c, const Locator& loc) {
+  namespace fs = std::filesystem;
+  const std::string& from = c.model.init_from;
+  std::error_code ec;
+  if (from.empty() || !fs::is_directory(from, ec)) return;
+  const std::string path = (fs::path(from) / "config.yaml").string();
+  if (!fs::is_regular_file(path, ec))
+    loc.fail("model.init_from", "'" + from + "' is a directory without config.yaml (expected a kiln run directory "
+                                             "or a safetensors file)");
+  TrainConfig base;
+  try {
+    base = load_config(path);
+  } catch (const InputError& e) {
+    loc.fail("model.init_from", std::string("the run's config does not load: ") + e.what());
+  }
+  auto contradicts = [&](const std::string& key, const std::string& mine, const std::string& theirs) {
+    loc.fail(key, mine + " contradicts " + theirs + " in " + path +
+                      " (model.init_from); leave the key out to take the run's value");
+  };
+  if (c.model.type != base.model.type) contradicts("model.type", c.model.type, base.model.type);
+  if (c.model.type != "gpt") return;
+  GptConfig& g = c.model.gpt;
+  const GptConfig& b = base.model.gpt;
+  auto take = [&](const char* name, int64_t& mine, int64_t theirs) {
+    const std::string key = std::string("model.gpt.") + name;
+    if (loc.given(key) && mine != theirs) contradicts(key, std::to_string(mine), std::to_string(theirs));
+    mine = theirs;
+  };
+  take("vocab_size", g.vocab_size, b.vocab_size);
+  take("block_size", g.block_size, b.block_size);
+  take("n_layer", g.n_layer, b.n_layer);
+  take("n_head", g.n_head, b.n_head);
+  take("n_embd", g.n_embd, b.n_embd);
+  if (loc.given("model.gpt.bias") && g.bias != b.bias)
+    contradicts("model.gpt.bias", g.bias ? "true" : "false", b.bias ? "true" : "false");
+  g.bias = b.bias;
+  if (!loc.given("model.gpt.dropout")) g.dropout = b.dropout;
+  if (c.data.tokenizer.empty()) {
+    c.data.tokenizer = base.data.tokenizer;
+  } else if (!base.data.tokenizer.empty() &&
+             fs::path(c.data.tokenizer).lexically_normal() != fs::path(base.data.tokenizer).lexically_normal()) {
+    contradicts("data.tokenizer", "'" + c.data.tokenizer + "'", "'" + base.data.tokenizer + "'");
+  }
+}
+
 /// Derived defaults and rules that involve more than one key.
 void post_load(TrainConfig& c, const Locator& loc) {
   if (c.name.empty()) c.name = file_stem(loc.source());
@@ -264,6 +318,7 @@ void post_load(TrainConfig& c, const Locator& loc) {
   }
   if (c.name.empty()) loc.fail("name", "the run name is empty");
   if (c.output_dir.empty()) c.output_dir = "runs/" + c.name;
+  inherit_from_run(c, loc);
 
   switch (c.data.type) {
     case DatasetType::fashion_mnist:

@@ -94,6 +94,9 @@ int cmd_eval(int argc, char** argv) {
   const kiln::TaskStats& st = ev.stats;
   std::printf("{\"split\": \"%s\", \"loss\": %.6f", kiln::split_name(split), st.mean_loss());
   if (ev.has_accuracy) std::printf(", \"accuracy\": %.6f", st.accuracy());
+  if (st.exact_match_total > 0)
+    std::printf(", \"exact_match\": %.6f, \"answered\": %lld", st.exact_match(),
+                static_cast<long long>(st.exact_match_total));
   std::printf(", \"examples\": %lld}\n", static_cast<long long>(st.samples));
   return 0;
 }

@@ -6,6 +6,7 @@
 
 #include "trainers/image_task.h"
 #include "trainers/lm_task.h"
+#include "trainers/sft_task.h"
 #include "trainers/trainer.h"
 
 namespace kiln {
@@ -29,6 +30,7 @@ const TaskEntry kTasks[] = {
     {DatasetType::mnist, make<ImageClassificationTask>},
     {DatasetType::idx, make<ImageClassificationTask>},
     {DatasetType::tokens, make<LanguageModelTask>},
+    {DatasetType::sft, make<SftTask>},
 };
 
 }  // namespace

@@ -183,13 +183,26 @@ void check_init_from(const TrainConfig& cfg) {
   const std::string& f = cfg.model.init_from;
   if (f.empty()) return;
   std::error_code ec;
+  if (std::filesystem::is_directory(f, ec)) {  // a kiln run: its newest valid checkpoint
+    KILN_INPUT_CHECK(find_latest_valid_checkpoint(f).has_value(),
+                     "model.init_from: '" << f << "' holds no valid checkpoint (looked in " << checkpoints_root(f)
+                                          << ")");
+    return;
+  }
   KILN_INPUT_CHECK(std::filesystem::is_regular_file(f, ec),
-                   "model.init_from: '" << f << "' is not a file (expected safetensors weights)");
+                   "model.init_from: '" << f << "' is neither a file (safetensors weights) nor a run directory");
 }
 
 void apply_init_from(const TrainConfig& cfg, nn::Module& model) {
   if (cfg.model.init_from.empty()) return;
   check_init_from(cfg);
+  std::error_code ec;
+  if (std::filesystem::is_directory(cfg.model.init_from, ec)) {
+    // The run's own checkpoint: every parameter and buffer by its kiln name
+    // (config.cpp gave this config the run's architecture).
+    load_model_state(load_checkpoint(*find_latest_valid_checkpoint(cfg.model.init_from)), model);
+    return;
+  }
   const ModelSpec* spec = find_model(cfg.model.type);
   KILN_INPUT_CHECK(spec, "model.type: '" << cfg.model.type << "' is not a registered model type");
   if (spec->init_from) spec->init_from(model, cfg.model.init_from);

@@ -87,12 +87,18 @@ struct TaskStats {
   int64_t correct = 0;      ///< classifiers: right predictions
   int64_t samples = 0;      ///< examples processed
   int64_t units = 0;        ///< throughput units processed (Task::unit())
+  int64_t exact_match_correct = 0;  ///< evaluation by generation (SFT): answers that matched a reference
+  int64_t exact_match_total = 0;    ///< prompts answered (0: no generation eval)
   void add(const TaskStats& o) {
     loss_sum += o.loss_sum; loss_count += o.loss_count; correct += o.correct;
     samples += o.samples; units += o.units;
+    exact_match_correct += o.exact_match_correct; exact_match_total += o.exact_match_total;
   }
   double mean_loss() const { return loss_count ? loss_sum / static_cast<double>(loss_count) : 0.0; }
   double accuracy() const { return samples ? static_cast<double>(correct) / static_cast<double>(samples) : 0.0; }
+  double exact_match() const {
+    return exact_match_total ? static_cast<double>(exact_match_correct) / static_cast<double>(exact_match_total) : 0.0;
+  }
 };
 
 class Task {

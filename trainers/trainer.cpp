@@ -99,13 +99,16 @@ uint64_t rank_seed(uint64_t base, int rank) {
 void all_reduce_stats(Communicator& comm, TaskStats& st, const char* what) {
   if (comm.world() == 1) return;
   std::vector<double> v = {st.loss_sum, static_cast<double>(st.loss_count), static_cast<double>(st.correct),
-                           static_cast<double>(st.samples), static_cast<double>(st.units)};
+                           static_cast<double>(st.samples), static_cast<double>(st.units),
+                           static_cast<double>(st.exact_match_correct), static_cast<double>(st.exact_match_total)};
   comm.all_reduce_values(v, ReduceOp::sum, what);
   st.loss_sum = v[0];
   st.loss_count = static_cast<int64_t>(v[1]);
   st.correct = static_cast<int64_t>(v[2]);
   st.samples = static_cast<int64_t>(v[3]);
   st.units = static_cast<int64_t>(v[4]);
+  st.exact_match_correct = static_cast<int64_t>(v[5]);
+  st.exact_match_total = static_cast<int64_t>(v[6]);
 }
 
 // The steps of the current log window, on the device until read: each
@@ -480,10 +483,13 @@ TaskStats Run::evaluate(Split split, int64_t step) {
   line["split"] = split_name(split);
   line["loss"] = st.mean_loss();
   if (task_->has_accuracy()) line["accuracy"] = st.accuracy();
+  if (st.exact_match_total > 0) line["exact_match"] = st.exact_match();
   write_metrics(line);
   std::ostringstream os;
   os << split_name(split) << " @ step " << step << ": loss " << st.mean_loss();
   if (task_->has_accuracy()) os << ", accuracy " << st.accuracy();
+  if (st.exact_match_total > 0)
+    os << ", exact match " << st.exact_match() << " (" << st.exact_match_correct << "/" << st.exact_match_total << ")";
   message(os.str());
   return st;
 }

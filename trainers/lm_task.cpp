@@ -272,10 +272,22 @@ TaskStats LanguageModelTask::evaluate(Split split, int64_t max_batches) {
   return st;
 }
 
-nlohmann::json LanguageModelTask::loader_position() const {
-  const LoaderPosition p = train_->position();
+nlohmann::json loader_position_json(const LoaderPosition& p) {
   return {{"epoch", p.epoch}, {"step", p.step}, {"fingerprint", p.fingerprint}, {"micro", 0}};
 }
+
+LoaderPosition loader_position_from_json(const nlohmann::json& j, const std::string& what) {
+  KILN_INPUT_CHECK(j.is_object() && j.contains("epoch") && j.contains("step") && j.contains("fingerprint"),
+                   "checkpoint state.json: 'data' must hold epoch, step and fingerprint (" << what << " position)");
+  KILN_INPUT_CHECK(j.value("micro", int64_t{0}) == 0, "checkpoint state.json: saved in the middle of a step");
+  LoaderPosition p;
+  p.epoch = j.at("epoch").get<uint64_t>();
+  p.step = j.at("step").get<uint64_t>();
+  p.fingerprint = j.at("fingerprint").get<uint64_t>();
+  return p;
+}
+
+nlohmann::json LanguageModelTask::loader_position() const { return loader_position_json(train_->position()); }
 
 nlohmann::json LanguageModelTask::data_state() const {
   // Checkpoints fall on step boundaries: the position is the next step's.
@@ -283,14 +295,8 @@ nlohmann::json LanguageModelTask::data_state() const {
 }
 
 void LanguageModelTask::restore_data_state(const nlohmann::json& j) {
-  KILN_INPUT_CHECK(j.is_object() && j.contains("epoch") && j.contains("step") && j.contains("fingerprint"),
-                   "checkpoint state.json: 'data' must hold epoch, step and fingerprint (token loader position)");
-  KILN_INPUT_CHECK(j.value("micro", int64_t{0}) == 0, "checkpoint state.json: saved in the middle of a step");
+  const LoaderPosition p = loader_position_from_json(j, "token loader");
   loader_->reset();
-  LoaderPosition p;
-  p.epoch = j.at("epoch").get<uint64_t>();
-  p.step = j.at("step").get<uint64_t>();
-  p.fingerprint = j.at("fingerprint").get<uint64_t>();
   train_->set_position(p);
 }
 

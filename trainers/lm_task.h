@@ -48,6 +48,13 @@ std::vector<std::string> glob_files(const std::string& pattern);
 /// others never poll the file system; a failure on rank 0 ends the job).
 void ensure_token_data(const TrainConfig& cfg, Communicator* comm = nullptr);
 
+/// A token loader's position as a checkpoint's state.json holds it
+/// ({epoch, step, fingerprint, micro: 0}; checkpoints fall on step
+/// boundaries), and back: InputError naming `what` when a field is missing or
+/// the position is inside a step. Shared by the token tasks (LM, SFT).
+nlohmann::json loader_position_json(const LoaderPosition& p);
+LoaderPosition loader_position_from_json(const nlohmann::json& j, const std::string& what);
+
 class LanguageModelTask : public Task {
  public:
   /// Builds missing data (ensure_token_data over ctx's communicator), opens

@@ -653,7 +653,18 @@ TrainResult train(const TrainConfig& cfg, const TrainOptions& opt) {
 }
 
 CheckpointEval evaluate_checkpoint(const std::string& path, Split split, const std::vector<std::string>& overrides) {
-  CheckpointSource src = resolve_checkpoint(path, overrides);
+  // A config file: the model it would start training from (model.init_from,
+  // or its seeded random init), e.g. a base model before fine-tuning.
+  const std::string ext = std::filesystem::path(path).extension().string();
+  std::error_code ec;
+  const bool from_config = (ext == ".yaml" || ext == ".yml") && std::filesystem::is_regular_file(path, ec);
+  CheckpointSource src;
+  if (from_config) {
+    src.cfg = load_config(path, overrides);
+    src.checkpoint = src.cfg.model.init_from.empty() ? "the initial weights of " + path : src.cfg.model.init_from;
+  } else {
+    src = resolve_checkpoint(path, overrides);
+  }
   CheckpointEval out;
   out.cfg = src.cfg;
   out.checkpoint = src.checkpoint;
@@ -664,8 +675,9 @@ CheckpointEval evaluate_checkpoint(const std::string& path, Split split, const s
   const TaskContext ctx = single_process_context(device, compute_dtype(cfg, device), plan_batch(cfg, 1));
   std::unique_ptr<Task> task = make_task(cfg, ctx);
   nn::Module& model = task->model();
+  if (from_config) apply_init_from(cfg, model);
   model.to(device, DType::f32, ctx.compute);
-  load_model_state(load_checkpoint(src.checkpoint), model);
+  if (!from_config) load_model_state(load_checkpoint(src.checkpoint), model);
   KILN_INPUT_CHECK(task->has_split(split), "the data has no " << split_name(split) << " split");
   std::fprintf(stderr, "kiln: evaluating %s on the %s split\n", src.checkpoint.c_str(), split_name(split));
   model.eval();

@@ -119,7 +119,9 @@ struct CheckpointEval {
 };
 
 /// Loads a checkpoint directory (or a run directory: its newest valid
-/// checkpoint) with the config saved beside it and evaluates on `split`.
+/// checkpoint) with the config saved beside it and evaluates on `split`. A
+/// config file (.yaml) instead evaluates the model that config starts from
+/// (model.init_from, or the seeded initialization): "before training".
 CheckpointEval evaluate_checkpoint(const std::string& path, Split split, const std::vector<std::string>& overrides);
 
 }  // namespace kiln

@@ -13,15 +13,17 @@ its own schedule, and compares: logits, loss, every gradient, each step's lr,
 gradient norm, clip factor and loss, the final weights, logits and loss (plus
 the model's own extra checks, e.g. the GPT's Hugging Face export).
 
-Each comparison reports its worst element: name, index, kiln value, torch
-value and relative error, where the relative error of element i is
+Element i of a comparison passes when
 
-    |kiln_i - torch_i| / max(|torch_i|, floor * max_j |torch_j|)
+    |kiln_i - torch_i| <= rtol * max(|torch_i|, floor * max_j |torch_j|) + atol
 
-(floor 0: plain relative error; a floor keeps elements that are tiny next to
-the rest of the tensor from dividing by ~0). Any comparison over its
-tolerance, or any non-finite value, fails the run (exit status 1); exit status
-77 is a skip (no GPU for bf16).
+(a floor keeps elements that are tiny next to the rest of the tensor from
+being held to a fraction of their own size, which float rounding in a sum
+cannot meet). Each comparison reports its worst element: name, index, kiln
+value, torch value, relative error |kiln - torch| / |torch| and the share of
+its tolerance it used. Any comparison over its tolerance, or any non-finite
+value, fails the run (exit status 1); exit status 77 is a skip (no GPU for
+bf16).
 
 A model file torch_<model>.py defines
     build(cfg, dtype) -> torch.nn.Module   cfg: case.json's "model"; parameter
@@ -273,7 +275,9 @@ def run_dtype(args, case_name, dtype, work):
     model = mod.build(case["model"], tdt)
     names = [n for n, _ in model.named_parameters()]
     kiln_names = [p["name"] for p in case["params"]]
-    if not report.check("parameter names", sorted(names) == sorted(kiln_names),
+    same = sorted(names) == sorted(kiln_names)
+    if not report.check("parameter names", same,
+                        f"{len(names)} parameters, the same names on both sides" if same else
                         f"torch has {len(names)}, kiln {len(kiln_names)}; only in torch: "
                         f"{sorted(set(names) - set(kiln_names))}, only in kiln: {sorted(set(kiln_names) - set(names))}"):
         return "fail", report

@@ -5,8 +5,8 @@
 
 #include "kernels/attention.h"
 #include "kernels/softmax.h"
-#include "nn/dispatch.h"
 #include "runtime/blas.h"
+#include "runtime/dispatch.h"
 
 namespace kiln::nn {
 

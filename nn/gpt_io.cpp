@@ -100,7 +100,7 @@ void import_gpt_safetensors(Gpt& model, const SafetensorsFile& file) {
     if (p->name == "wte.weight") v.resize(static_cast<size_t>(p->value.numel()), 0.0f);  // zero padding rows
     Tensor host = Tensor::from_vector(v, p->value.shape(), DType::f32, Device::cpu());
     p->value.copy_from(p->value.dtype() == DType::f32 ? host : host.cast(p->value.dtype()));
-    if (p->lowp.defined()) p->lowp.copy_from(p->value.cast(DType::bf16));
+    p->refresh_lowp();
   }
   for (const auto& kv : by_name) {
     if (used.count(kv.first)) continue;

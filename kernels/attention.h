@@ -83,10 +83,12 @@ void attention_backward(float* dq, float* dk, float* dv, float* workspace, const
                         int D, int64_t stride, float scale, const AttentionMask& mask, cudaStream_t stream);
 #endif
 
-/// CPU reference forward: plain softmax(scale · Q Kᵀ) V over the keys the
-/// mask leaves visible, one row of scores at a time. Same layout as the CUDA
-/// launcher; any D >= 1. Real = float or double. Throws InputError on
-/// decreasing segment ids (check_attention_segments).
+/// CPU reference forward (the CPU backend's attention): softmax(scale · Q Kᵀ) V
+/// over the keys the mask leaves visible, in sgemm tiles of 64 queries with
+/// full rows of visible keys, (batch, head) pairs spread over the CPU pool
+/// (kernels/attention_cpu.cpp; results independent of the thread count).
+/// Same layout as the CUDA launcher; any D >= 1. Real = float or double.
+/// Throws InputError on decreasing segment ids (check_attention_segments).
 template <typename Real>
 void attention_forward_cpu(Real* out, Real* lse, const Real* q, const Real* k, const Real* v, int B, int T, int H,
                            int D, int64_t stride, float scale, const AttentionMask& mask);

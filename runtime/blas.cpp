@@ -7,10 +7,10 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <mutex>
 #include <type_traits>
 #include <vector>
 
+#include "kernels/cpu_blas.h"
 #include "runtime/blas_detail.h"
 #include "runtime/error.h"
 #include "runtime/parallel.h"
@@ -276,11 +276,9 @@ void cpu_gemm_typed(const GemmArgs& g) {
 }
 
 // OpenBLAS runs single-threaded inside kiln's pool (its own threads would
-// spin against the pool's); set once, before the first GEMM.
-void openblas_single_threaded() {
-  static std::once_flag once;
-  std::call_once(once, [] { openblas_set_num_threads(1); });
-}
+// spin against the pool's); set once, before the first GEMM (the kernels'
+// own BLAS calls share the switch: kernels/cpu_blas.h).
+void openblas_single_threaded() { cpu_blas::single_threaded(); }
 
 }  // namespace
 

@@ -52,7 +52,9 @@ KILN_NORM_HD T clip_scale_from_norm(T norm, T max_norm) {
 
 // --- CPU references (T = float, double) --------------------------------------
 
-/// sqrt(Σ_k Σ_i tensors[k].data[i]²), accumulated in double, in order.
+/// sqrt(Σ_k Σ_i tensors[k].data[i]²), accumulated in double over fixed
+/// blocks of each tensor (16384 elements) whose sums are added in order: the
+/// blocks run on the CPU pool, the result does not depend on the thread count.
 template <typename T>
 T global_norm_cpu(const NormTensorT<T>* tensors, int64_t count);
 

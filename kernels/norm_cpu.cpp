@@ -1,24 +1,59 @@
 // CPU reference for kernels/norm.h (T = float, double).
+//
+// Deterministic blocks: each tensor is cut into blocks of kNormBlock
+// elements (its last block shorter); a block's sum of squares is taken in
+// double with fixed lanes (kernels/cpu_math.h), and the block sums are added
+// in order (tensor by tensor, block by block). The blocks depend on the
+// tensors' sizes alone, so the norm is the same at any thread count; the
+// blocks are spread over the CPU pool (runtime/parallel.h) in contiguous
+// ranges.
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
+#include "kernels/cpu_math.h"
 #include "kernels/norm.h"
 #include "runtime/error.h"
+#include "runtime/parallel.h"
 
 namespace kiln {
+
+namespace {
+
+/// Elements per block (64 KiB of floats: ~5 µs of squares).
+constexpr int64_t kNormBlock = int64_t{1} << 14;
+/// Blocks per part below which another thread does not pay.
+constexpr int64_t kBlocksPerPart = 4;
+
+template <typename T>
+double sum_squares(const T* x, int64_t n) {
+  return cpu_math::dot_lanes(x, x, n);
+}
+
+}  // namespace
 
 template <typename T>
 T global_norm_cpu(const NormTensorT<T>* tensors, int64_t count) {
   KILN_CHECK(count >= 0 && (count == 0 || tensors != nullptr), "global_norm_cpu: bad tensor list (count " << count << ")");
-  double sum = 0.0;
+  // first[k] = index of tensor k's first block.
+  std::vector<int64_t> first(static_cast<size_t>(count) + 1, 0);
   for (int64_t k = 0; k < count; ++k) {
     KILN_CHECK(tensors[k].n >= 0 && (tensors[k].n == 0 || tensors[k].data != nullptr),
                "global_norm_cpu: tensor " << k << " is null or has negative size " << tensors[k].n);
-    for (int64_t i = 0; i < tensors[k].n; ++i) {
-      const double x = static_cast<double>(tensors[k].data[i]);
-      sum += x * x;
-    }
+    first[k + 1] = first[k] + (tensors[k].n + kNormBlock - 1) / kNormBlock;
   }
+  const int64_t blocks = first[count];
+  std::vector<double> partial(static_cast<size_t>(blocks));  // (blocks) sums of squares
+  parallel_for(blocks, kBlocksPerPart, [&](int64_t lo, int64_t hi) {
+    int64_t k = std::upper_bound(first.begin(), first.end(), lo) - first.begin() - 1;
+    for (int64_t b = lo; b < hi; ++b) {
+      while (b >= first[k + 1]) ++k;  // skips empty tensors too
+      const int64_t i0 = (b - first[k]) * kNormBlock, i1 = std::min(tensors[k].n, i0 + kNormBlock);
+      partial[static_cast<size_t>(b)] = sum_squares(tensors[k].data + i0, i1 - i0);
+    }
+  });
+  double sum = 0.0;
+  for (double p : partial) sum += p;
   return static_cast<T>(std::sqrt(sum));
 }
 

@@ -14,6 +14,7 @@
 #include "runtime/philox.h"
 #include "runtime/error.h"
 #include "tests/harness/harness.h"
+#include "tests/kernels/thread_counts.h"
 
 namespace kiln {
 namespace {
@@ -44,6 +45,42 @@ TEST(NormCpu, MatchesDoubleSum) {
   for (const auto& t : ts) td.emplace_back(t.begin(), t.end());
   for (const auto& t : td) vd.push_back({t.data(), static_cast<int64_t>(t.size())});
   EXPECT_NEAR(global_norm_cpu(vd.data(), static_cast<int64_t>(vd.size())), want, 1e-12 * want);
+}
+
+// Lists long enough to be split over the CPU pool (blocks of 16384, tensors
+// that end inside a block, empty ones between): the same norm at 1, 2 and 3
+// threads, close to the plain double sum; a NaN in a late block reaches the
+// norm and the flag at every thread count.
+TEST(NormCpu, SameAtThreadCounts) {
+  std::vector<std::vector<float>> ts;
+  for (int64_t n : {100000, 0, 1, 16384, 16385, 0, 70001, 5}) ts.push_back(random_uniform(n, 30 + n, -2.0f, 2.0f));
+  const auto v = views(ts);
+  auto run = [&] {
+    return std::vector<float>{global_norm_cpu(v.data(), static_cast<int64_t>(v.size()))};
+  };
+  EXPECT_TRUE(test::same_at_thread_counts(run, "global_norm_cpu"));
+  const double want = norm_in_double(ts);
+  EXPECT_NEAR(run()[0], want, 1e-6 * want);
+  std::vector<std::vector<double>> td;
+  for (const auto& t : ts) td.emplace_back(t.begin(), t.end());
+  std::vector<NormTensorT<double>> vd;
+  for (const auto& t : td) vd.push_back({t.data(), static_cast<int64_t>(t.size())});
+  auto run64 = [&] { return std::vector<double>{global_norm_cpu(vd.data(), static_cast<int64_t>(vd.size()))}; };
+  EXPECT_TRUE(test::same_at_thread_counts(run64, "global_norm_cpu f64"));
+  EXPECT_NEAR(run64()[0], want, 1e-12 * want);
+
+  ts[6][60000] = NAN;
+  const auto vn = views(ts);
+  auto run_nan = [&] {
+    float norm = 0, scale = 0, flag = 0;
+    global_norm_clip_cpu(&norm, &scale, &flag, vn.data(), static_cast<int64_t>(vn.size()), 1.0);
+    return std::vector<float>{norm, scale, flag};
+  };
+  EXPECT_TRUE(test::same_at_thread_counts(run_nan, "global_norm_clip_cpu with NaN"));
+  const std::vector<float> r = run_nan();
+  EXPECT_TRUE(std::isnan(r[0]));
+  EXPECT_EQ(r[1], 1.0f);
+  EXPECT_EQ(r[2], 1.0f);
 }
 
 TEST(NormCpu, HandComputedAndEmpty) {

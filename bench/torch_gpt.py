@@ -11,6 +11,25 @@ weights only), clipping at 1.0, and the whole model under torch.compile.
     python3 bench/torch_gpt.py --json torch_gpt.json [--batch 16 32] [--steps 20] [--no-compile]
     build/bench/kiln-bench --filter gpt_train --compare torch_gpt.json
 
+CPU mode (--cpu): the CPU entry's model instead, configs/gpt_fortunes.yaml's
+GPT (4 layers, 6 heads, width 192, vocabulary 4096, T = 128, B = 8) in fp32,
+eager, AdamW (lr 3e-4, betas 0.9/0.95, weight decay 0.1 on 2-D weights,
+foreach), clipping at 1.0:
+
+    /usr/bin/python3 bench/torch_gpt.py --cpu [--settings 1:1 2:2 1:2] --json t.json
+
+Each setting TORCH:BLAS runs in a fresh process with torch.set_num_threads
+(TORCH), OPENBLAS_NUM_THREADS=BLAS (Debian's PyTorch multiplies through
+OpenBLAS, whose threads torch.set_num_threads leaves at every core) and
+OMP_WAIT_POLICY=PASSIVE (its OpenMP threads otherwise spin against
+OpenBLAS's); it is reported under the cores it uses, max(TORCH, BLAS), so
+the defaults time one core and two cores two ways, and PyTorch's best at two
+threads is the better of 2:2 and 1:2. PyTorch 1.13 (Debian's) has no
+scaled_dot_product_attention; attention then runs as nanoGPT's fallback
+does (scores, causal mask, softmax, P·V); PyTorch 2 uses SDPA. Timing as
+bench/train/gpt_train_bench.cpp's CPU entry: blocks of --steps (10) steps
+after 3 warm-up steps, the median of --repeats (3) blocks.
+
 Timing: host clock around torch.cuda.synchronize() for each timed step after
 warm-up (compilation happens in the warm-up steps); the median is reported.
 FLOPs per step are kiln's formula, B·T·(6·N + 12·L·H·Q·T) with N the
@@ -23,7 +42,9 @@ V50257 bf16").
 import argparse
 import json
 import math
+import os
 import statistics
+import subprocess
 import sys
 import time
 
@@ -32,6 +53,18 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 PEAK_BF16 = 989e12
+
+
+def attention(q, k, v):
+    """Causal attention on (B, H, T, D): SDPA where PyTorch has it (2.0+), else
+    nanoGPT's explicit form."""
+    if hasattr(F, "scaled_dot_product_attention"):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    T = q.size(-2)
+    att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))  # (B, H, T, T)
+    mask = torch.ones(T, T, dtype=torch.bool, device=q.device).triu_(1)
+    att = F.softmax(att.masked_fill(mask, float("-inf")), dim=-1)
+    return att @ v
 
 
 class Block(nn.Module):
@@ -51,7 +84,7 @@ class Block(nn.Module):
         q = q.view(B, T, self.H, C // self.H).transpose(1, 2)  # (B, H, T, D)
         k = k.view(B, T, self.H, C // self.H).transpose(1, 2)
         v = v.view(B, T, self.H, C // self.H).transpose(1, 2)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        y = attention(q, k, v)
         x = x + self.attn_proj(y.transpose(1, 2).contiguous().view(B, T, C))
         x = x + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x)), approximate="tanh"))
         return x
@@ -77,7 +110,7 @@ class GPT(nn.Module):
         for blk in self.h:
             x = blk(x)
         logits = F.linear(self.ln_f(x), self.wte.weight)  # tied head, (B, T, Vp)
-        return F.cross_entropy(logits[..., :V].float().view(-1, V), targets.view(-1))
+        return F.cross_entropy(logits[..., :V].float().reshape(-1, V), targets.view(-1))
 
 
 def run(B, T, L, H, C, V, steps, compile_model):
@@ -126,6 +159,52 @@ def run(B, T, L, H, C, V, steps, compile_model):
             "tokens_per_s": tokens / ms * 1e3, "mfu": flops / (ms / 1e3) / PEAK_BF16}
 
 
+def run_cpu(B, T, L, H, C, V, steps, repeats, threads, blas_threads):
+    """configs/gpt_fortunes.yaml's GPT, fp32 on the CPU, as kiln-bench's CPU entry."""
+    torch.set_num_threads(threads)
+    Vp = (V + 127) // 128 * 128
+    torch.manual_seed(0)
+    model = GPT(Vp, T, L, H, C)
+    n_params = sum(p.numel() for p in model.parameters())
+    N = n_params - T * C - (Vp - V) * C
+    flops_per_token = 6 * N + 12 * L * H * (C // H) * T
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    # foreach=True: the multi-tensor AdamW (PyTorch's fastest on the CPU in 1.13; fused is CUDA-only there).
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=3e-4, betas=(0.9, 0.95), eps=1e-8, foreach=True)
+    idx = torch.randint(0, V, (B, T + 1))
+    x, y = idx[:, :-1].contiguous(), idx[:, 1:].contiguous()
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = model(x, y, V)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        return loss
+
+    for _ in range(3):  # allocator warm-up
+        step()
+    blocks = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        for _ in range(steps):
+            loss = step()
+        blocks.append((time.perf_counter() - t) / steps)
+    ms = statistics.median(blocks) * 1e3
+    tokens = B * T
+    flops = tokens * flops_per_token
+    cores = max(threads, blas_threads)
+    shape = f"B{B} T{T} L{L} C{C} V{V} f32 threads={cores}"
+    impl = (f"torch {threads} + OpenBLAS {blas_threads} threads, "
+            f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}")
+    return {"name": "gpt_train_step", "backend": "cpu", "shape": shape, "ms": ms, "flops": flops, "impl": impl,
+            "threads": cores, "torch_threads": threads, "blas_threads": blas_threads,
+            "tokens_per_s": tokens / ms * 1e3, "loss": loss.item(), "parameters": n_params,
+            "torch": torch.__version__}
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--json", help="write the results here (bench/torch_bench.py's format)")
@@ -133,7 +212,37 @@ def main():
     p.add_argument("--seq", type=int, default=1024)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--no-compile", action="store_true")
+    p.add_argument("--cpu", action="store_true", help="time the CPU entry's model (configs/gpt_fortunes.yaml's GPT)")
+    p.add_argument("--settings", nargs="+", default=["1:1", "2:2", "1:2"],
+                   help="CPU mode: TORCH:BLAS thread settings, each in its own process")
+    p.add_argument("--repeats", type=int, default=3, help="CPU mode: timed blocks of --steps steps (median)")
+    p.add_argument("--wait-policy", default="PASSIVE", help="CPU mode: OMP_WAIT_POLICY (PASSIVE: PyTorch's best)")
+    p.add_argument("--one", help=argparse.SUPPRESS)  # CPU mode: TORCH:BLAS, in the child process
     args = p.parse_args()
+    if args.cpu:
+        steps = args.steps if args.steps != p.get_default("steps") else 10
+        if args.one:
+            t, b = (int(x) for x in args.one.split(":"))
+            print(json.dumps(run_cpu(8, 128, 4, 6, 192, 4096, steps, args.repeats, t, b)))
+            return 0
+        results = []
+        for setting in args.settings:
+            t, b = (int(x) for x in setting.split(":"))
+            env = dict(os.environ, OPENBLAS_NUM_THREADS=str(b), OMP_NUM_THREADS=str(t), OMP_WAIT_POLICY=args.wait_policy)
+            out = subprocess.run([sys.executable, __file__, "--cpu", "--one", setting, "--steps", str(steps),
+                                  "--repeats", str(args.repeats)], env=env, check=True, capture_output=True,
+                                 text=True).stdout
+            r = json.loads(out.strip().splitlines()[-1])
+            print(f"torch_gpt cpu {r['shape']} ({r['impl']}): {r['ms']:.1f} ms/step, {r['tokens_per_s']:.0f} tokens/s, "
+                  f"{r['flops'] / (r['ms'] / 1e3) / 1e9:.1f} model GFLOP/s, loss {r['loss']:.3f}, "
+                  f"{r['parameters']} parameters (torch {r['torch']})", flush=True)
+            results.append(r)
+        if args.json:
+            doc = {"device": "cpu", "torch": results[0]["torch"] if results else "", "results": results,
+                   "failures": []}
+            with open(args.json, "w") as f:
+                json.dump(doc, f, indent=2)
+        return 0
     if not torch.cuda.is_available():
         print("torch_gpt: no CUDA device; nothing to time", file=sys.stderr)
         return 0

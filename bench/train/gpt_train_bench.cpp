@@ -6,7 +6,9 @@
 //        T = 1024, bf16 activations, fp32 master weights and AdamW state;
 //        B = 16 and 32 sequences per step (B = 8 with --quick)
 //   cpu  configs/gpt_fortunes.yaml's GPT (4 layers, 6 heads, width 192, vocab
-//        4096, T = 128, B = 8)
+//        4096, T = 128, B = 8), fp32, at 1 and 2 threads of the CPU pool
+//        (the shape string ends in threads=N); AdamW betas 0.9/0.95, weight
+//        decay 0.1 on weights, clipping at 1.0, as bench/torch_gpt.py --cpu
 //
 // Reported: milliseconds per step, model FLOPs per step
 //   B · T · (6·N + 12·L·H·Q·T)   (PaLM appendix B; nn::Gpt::train_flops_per_token)
@@ -14,8 +16,11 @@
 // peak measured in the same run; a printed line adds tokens/s and MFU against
 // the datasheet's dense bf16 peak (H100/H200 SXM: 989 TFLOP/s), the figure
 // the trainer logs. Steps are timed on the host clock around a device
-// synchronize (synchronize_device: the step's work on every stream).
-// PyTorch's side of the comparison is bench/torch_gpt.py (same shapes).
+// synchronize (synchronize_device: the step's work on every stream); on the
+// CPU, blocks of 10 steps after two warm-up steps, the median of 3 blocks per
+// thread count (bench/torch_gpt.py --cpu times PyTorch the same way).
+// PyTorch's side of the comparison is bench/torch_gpt.py (same shapes);
+// bench/cpu_side_by_side.sh runs both on the CPU, alternating, best of three.
 #include <chrono>
 #include <cstdio>
 #include <string>
@@ -25,6 +30,7 @@
 #include "nn/gpt.h"
 #include "nn/loss.h"
 #include "nn/optimizer.h"
+#include "runtime/blas.h"
 #include "runtime/device.h"
 #include "runtime/stream.h"
 
@@ -48,7 +54,9 @@ std::vector<int32_t> random_tokens(int64_t n, int64_t V, uint64_t seed) {
   return ids;
 }
 
-void run_shape(Context& ctx, const GptShape& s, Device dev, DType compute, int repeats) {
+/// steps_per_block > 1 (the CPU entry): each timed repeat is that many steps,
+/// and the reported time is per step.
+void run_shape(Context& ctx, const GptShape& s, Device dev, DType compute, int repeats, int steps_per_block = 1) {
   nn::GptOptions o;
   o.vocab_size = s.V;
   o.block_size = s.T;
@@ -62,6 +70,7 @@ void run_shape(Context& ctx, const GptShape& s, Device dev, DType compute, int r
   std::vector<nn::Parameter*> params = model.parameters();
   nn::OptimizerOptions oo;
   oo.weight_decay = 0.1;
+  oo.beta2 = 0.95;
   nn::Optimizer opt(params, oo);
   nn::CrossEntropyLoss ce;
   const std::vector<int32_t> all = random_tokens(s.B * (s.T + 1), s.V, 7);
@@ -87,7 +96,12 @@ void run_shape(Context& ctx, const GptShape& s, Device dev, DType compute, int r
   };
   synced_step();  // warm-up: allocator caches, cuBLASLt heuristics
   synced_step();
-  const double ms = ctx.time_cpu(synced_step, repeats);
+  const double ms = ctx.time_cpu(
+                        [&] {
+                          for (int i = 0; i < steps_per_block; ++i) synced_step();
+                        },
+                        repeats) /
+                    steps_per_block;
   const double n_tokens = static_cast<double>(s.B * s.T);
   const double flops = n_tokens * model.train_flops_per_token(s.T);
   const char* dt = compute == DType::bf16 ? "bf16" : "f32";
@@ -96,6 +110,7 @@ void run_shape(Context& ctx, const GptShape& s, Device dev, DType compute, int r
   r.backend = dev.is_cuda() ? "cuda" : "cpu";
   r.shape = "B" + std::to_string(s.B) + " T" + std::to_string(s.T) + " L" + std::to_string(s.L) + " C" +
             std::to_string(s.C) + " V" + std::to_string(s.V) + " " + dt;
+  if (dev.is_cpu()) r.shape += " threads=" + std::to_string(cpu_threads());
   r.ms = ms;
   r.flops = flops;
   ctx.report(r);
@@ -110,7 +125,18 @@ void run_shape(Context& ctx, const GptShape& s, Device dev, DType compute, int r
 }  // namespace
 
 KILN_BENCH(gpt_train, 60) {
-  run_shape(ctx, {4096, 128, 4, 6, 192, 8}, Device::cpu(), DType::f32, ctx.quick() ? 2 : 5);
+  {
+    // The CPU step at 1 and 2 threads of the pool (restored afterwards).
+    const int before = cpu_threads();
+    struct Restore {
+      int n;
+      ~Restore() { set_cpu_threads(n); }
+    } restore{before};
+    for (int threads : {1, 2}) {
+      set_cpu_threads(threads);
+      run_shape(ctx, {4096, 128, 4, 6, 192, 8}, Device::cpu(), DType::f32, ctx.quick() ? 1 : 3, ctx.quick() ? 2 : 10);
+    }
+  }
   if (!ctx.has_gpu()) {
     std::printf("  gpt_train: no GPU, GPT-2 124M entries skipped\n");
     return;

@@ -1,12 +1,15 @@
 // MLP training throughput on the CPU: the same model, batch, optimizer and
-// thread count as bench/torch_mlp_cpu.py (the PyTorch side): 784-256-128-10
+// thread counts as bench/torch_mlp_cpu.py (the PyTorch side): 784-256-128-10
 // ReLU MLP, batch 128, AdamW with weight decay on weights only, clipping at
 // 1.0, softmax cross-entropy; random inputs resident in memory, so both sides
-// time the training step and the batch slicing only.
+// time the training step and the batch slicing only. Runs at 1 and 2
+// threads of the CPU pool (threads=N in the shape string); blocks of 400
+// steps, median of 3 (bench/cpu_side_by_side.sh: both sides, best of three).
 //
 // One step is ≈ 3·2·(784·256 + 256·128 + 128·10)·128 - (first layer's dx)
 // ≈ 0.15 GFLOP, reported as GFLOP/s against the OpenBLAS sgemm peak measured
 // in the same run.
+#include <cstdio>
 #include <memory>
 
 #include "bench/harness.h"
@@ -18,7 +21,7 @@
 namespace kiln::bench {
 namespace {
 
-KILN_BENCH(mlp_train_cpu, 50) {
+void run_mlp(Context& ctx) {
   const int64_t batch = 128, pool = batch * 64;
   nn::MlpOptions o;
   o.in = 784;
@@ -60,12 +63,25 @@ KILN_BENCH(mlp_train_cpu, 50) {
   Result r;
   r.name = "mlp_train_cpu";
   r.backend = "cpu";
-  r.shape = "784-256-128-10 b128 threads=" + std::to_string(cpu_threads()) + " (" +
-            std::to_string(static_cast<int64_t>(batch * 1000.0 / ms)) + " samples/s)";
+  r.shape = "784-256-128-10 b128 threads=" + std::to_string(cpu_threads());
   r.ms = ms;
   r.flops = model.train_flops_per_example() * static_cast<double>(batch);
   ctx.report(r);
+  std::printf("  mlp_train_cpu %s: %.0f samples/s\n", r.shape.c_str(), batch * 1000.0 / ms);
 }
 
 }  // namespace
+
+KILN_BENCH(mlp_train_cpu, 50) {
+  const int before = cpu_threads();
+  struct Restore {
+    int n;
+    ~Restore() { set_cpu_threads(n); }
+  } restore{before};
+  for (int threads : {1, 2}) {
+    set_cpu_threads(threads);
+    run_mlp(ctx);
+  }
+}
+
 }  // namespace kiln::bench

@@ -167,7 +167,33 @@ void set_batchnorm_deferred(Module& m, bool on) {
 }
 
 void update_batchnorm_running_stats(Module& m, const std::function<void(Tensor&)>& sum_over_ranks, int ranks) {
-  for (BatchNorm2d* bn : batchnorm_layers(m)) bn->apply_running_update(sum_over_ranks, ranks);
+  std::vector<BatchNorm2d*> layers;
+  int64_t total = 0;
+  for (BatchNorm2d* bn : batchnorm_layers(m))
+    if (bn->pending() > 0) {
+      layers.push_back(bn);
+      total += 2 * bn->options().channels;
+    }
+  if (layers.empty()) return;
+  if (sum_over_ranks) {
+    // One collective for the whole model: (Σ means, Σ variances) of every layer back to back.
+    const Tensor& first = layers[0]->pending_mean_sum();
+    Tensor flat = Tensor::empty({total}, first.dtype(), first.device(), "batchnorm.step_statistics");
+    int64_t off = 0;
+    for (BatchNorm2d* bn : layers)
+      for (Tensor* t : {&bn->pending_mean_sum(), &bn->pending_var_sum()}) {
+        flat.view(off, t->shape()).copy_from(*t);
+        off += t->numel();
+      }
+    sum_over_ranks(flat);
+    off = 0;
+    for (BatchNorm2d* bn : layers)
+      for (Tensor* t : {&bn->pending_mean_sum(), &bn->pending_var_sum()}) {
+        t->copy_from(flat.view(off, t->shape()));
+        off += t->numel();
+      }
+  }
+  for (BatchNorm2d* bn : layers) bn->apply_running_update(nullptr, ranks);
 }
 
 }  // namespace kiln::nn

@@ -48,6 +48,9 @@ class BatchNorm2d : public Module {
   bool deferred_running_update() const { return deferred_; }
   /// Training forwards whose statistics are waiting (deferred mode).
   int64_t pending() const { return pending_; }
+  /// Their sums, (C) each: Σ batch means and Σ unbiased batch variances.
+  Tensor& pending_mean_sum() { return mean_sum_; }
+  Tensor& pending_var_sum() { return var_sum_; }
   /// Applies the momentum update with the pending sums. `sum_over_ranks`
   /// sums an fp32 tensor across processes in place (nullptr: one process);
   /// `ranks` is how many processes contribute (each with the same pending()
@@ -79,8 +82,9 @@ class BatchNorm2d : public Module {
 std::vector<BatchNorm2d*> batchnorm_layers(Module& m);
 /// Sets deferred mode on every BatchNorm2d under `m`.
 void set_batchnorm_deferred(Module& m, bool on);
-/// apply_running_update on every BatchNorm2d under `m` (in tree order, so
-/// every rank calls the collective in the same order).
+/// apply_running_update on every BatchNorm2d under `m` with pending
+/// statistics; all their sums travel in one tensor, so `sum_over_ranks` is
+/// called once per step (every rank must call this at the same point).
 void update_batchnorm_running_stats(Module& m, const std::function<void(Tensor&)>& sum_over_ranks, int ranks);
 
 }  // namespace kiln::nn

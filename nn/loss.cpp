@@ -44,6 +44,11 @@ Tensor upload_targets(const std::vector<int32_t>& targets, Device d) {
 
 }  // namespace
 
+CrossEntropyLoss::CrossEntropyLoss(float label_smoothing) : label_smoothing_(label_smoothing) {
+  KILN_CHECK(label_smoothing >= 0.0f && label_smoothing < 1.0f,
+             "cross-entropy: label_smoothing = " << label_smoothing << " must be in [0, 1)");
+}
+
 LossSum CrossEntropyLoss::forward_backward(Tensor& logits, const std::vector<int32_t>& targets, int64_t V,
                                            float grad_scale) {
   const Rows r = check_logits(logits, targets, V);
@@ -56,13 +61,13 @@ LossSum CrossEntropyLoss::forward_backward(Tensor& logits, const std::vector<int
       [&](auto tag) {
         using T = decltype(tag);
         cross_entropy_forward_backward_cpu<T>(logits.data<T>(), losses.data<T>(), targets.data(), r.rows, r.V, r.Vp,
-                                              scale);
+                                              scale, kIgnoreIndex, label_smoothing_);
       },
       [&](auto tag, cudaStream_t s) {
         using T = decltype(tag);
         Tensor t = upload_targets(targets, logits.device());
         cross_entropy_forward_backward(logits.data<T>(), losses.data<float>(), t.data<int32_t>(), r.rows, r.V, r.Vp,
-                                       scale, s);
+                                       scale, s, kIgnoreIndex, label_smoothing_);
       });
   return sum_losses(losses, targets);
 }
@@ -75,12 +80,14 @@ LossSum CrossEntropyLoss::forward(const Tensor& logits, const std::vector<int32_
       logits,
       [&](auto tag) {
         using T = decltype(tag);
-        cross_entropy_forward_cpu<T>(losses.data<T>(), logits.data<T>(), targets.data(), r.rows, r.V, r.Vp);
+        cross_entropy_forward_cpu<T>(losses.data<T>(), logits.data<T>(), targets.data(), r.rows, r.V, r.Vp,
+                                     kIgnoreIndex, label_smoothing_);
       },
       [&](auto tag, cudaStream_t s) {
         using T = decltype(tag);
         Tensor t = upload_targets(targets, logits.device());
-        cross_entropy_forward(losses.data<float>(), logits.data<T>(), t.data<int32_t>(), r.rows, r.V, r.Vp, s);
+        cross_entropy_forward(losses.data<float>(), logits.data<T>(), t.data<int32_t>(), r.rows, r.V, r.Vp, s,
+                              kIgnoreIndex, label_smoothing_);
       });
   return sum_losses(losses, targets);
 }
@@ -110,12 +117,12 @@ Tensor CrossEntropyLoss::forward_backward_rows(Tensor& logits, const Tensor& tar
       [&](auto tag) {
         using T = decltype(tag);
         cross_entropy_forward_backward_cpu<T>(logits.data<T>(), losses.data<T>(), targets.data<int32_t>(), r.rows,
-                                              r.V, r.Vp, grad_scale);
+                                              r.V, r.Vp, grad_scale, kIgnoreIndex, label_smoothing_);
       },
       [&](auto tag, cudaStream_t s) {
         using T = decltype(tag);
         cross_entropy_forward_backward(logits.data<T>(), losses.data<float>(), targets.data<int32_t>(), r.rows, r.V,
-                                       r.Vp, grad_scale, s);
+                                       r.Vp, grad_scale, s, kIgnoreIndex, label_smoothing_);
       });
   return losses;
 }
@@ -128,11 +135,13 @@ Tensor CrossEntropyLoss::forward_rows(const Tensor& logits, const Tensor& target
       logits,
       [&](auto tag) {
         using T = decltype(tag);
-        cross_entropy_forward_cpu<T>(losses.data<T>(), logits.data<T>(), targets.data<int32_t>(), r.rows, r.V, r.Vp);
+        cross_entropy_forward_cpu<T>(losses.data<T>(), logits.data<T>(), targets.data<int32_t>(), r.rows, r.V, r.Vp,
+                                     kIgnoreIndex, label_smoothing_);
       },
       [&](auto tag, cudaStream_t s) {
         using T = decltype(tag);
-        cross_entropy_forward(losses.data<float>(), logits.data<T>(), targets.data<int32_t>(), r.rows, r.V, r.Vp, s);
+        cross_entropy_forward(losses.data<float>(), logits.data<T>(), targets.data<int32_t>(), r.rows, r.V, r.Vp, s,
+                              kIgnoreIndex, label_smoothing_);
       });
   return losses;
 }

@@ -21,6 +21,11 @@ struct LossSum {
 
 class CrossEntropyLoss {
  public:
+  /// label_smoothing ε: the target distribution is (1 − ε)·onehot + ε/V
+  /// (torch.nn.CrossEntropyLoss's label_smoothing), in every call below.
+  explicit CrossEntropyLoss(float label_smoothing = 0.0f);
+  float label_smoothing() const { return label_smoothing_; }
+
   /// logits (rows, Vp) with the first V columns real (V = 0: V = Vp).
   /// targets (rows) on the host, in [0, V) or -100.
   /// Forward and backward in one pass: on return `logits` holds dL/dlogits
@@ -38,6 +43,9 @@ class CrossEntropyLoss {
   Tensor forward_backward_rows(Tensor& logits, const Tensor& targets, int64_t V, float grad_scale);
   /// Forward only, per-row losses on the device; logits unchanged.
   Tensor forward_rows(const Tensor& logits, const Tensor& targets, int64_t V);
+
+ private:
+  float label_smoothing_ = 0.0f;
 };
 
 /// Index of the largest logit in each row among the first V columns (host result).

@@ -52,16 +52,29 @@ void declare(Schema& s) {
   mlp.number("dropout", &MlpConfig::dropout, 0.0, "dropout after each hidden activation").min(0.0).below(1.0);
 
   auto cnn = model.section("cnn", &ModelConfig::cnn, "plain convolutional network").when("model.type", {"cnn"});
-  cnn.integers("channels", &ConvNetConfig::channels, {32, 64}, "channels of each stage").range(1, 65536).items(1, 16);
-  cnn.integers("blocks", &ConvNetConfig::blocks, {1, 1}, "conv layers in each stage").range(1, 256).items(1, 16);
+  cnn.integers("channels", &CnnConfig::channels, {32, 64}, "channels of each stage").range(1, 65536).items(1, 16);
+  cnn.integers("blocks", &CnnConfig::blocks, {1, 1}, "conv-BN-ReLU layers in each stage").range(1, 256).items(1, 16);
+  cnn.integer("kernel", &CnnConfig::kernel, 3, "convolution window (odd; padded to keep the size)").range(1, 31);
+  cnn.choice("pool", &CnnConfig::pool, {"max", "avg"}, "max", "2x2 pooling after each stage");
+  cnn.choice("head", &CnnConfig::head, {"flatten", "avgpool"}, "flatten",
+             "features into the head: all of them (flatten) or their global average per channel");
+  cnn.integer("hidden", &CnnConfig::hidden, 0, "hidden Linear width in the head (0 = none)").range(0, 1 << 20);
+  cnn.number("dropout", &CnnConfig::dropout, 0.0, "dropout before the last Linear (needs hidden)")
+      .min(0.0)
+      .below(1.0);
+  cnn.number("bn_momentum", &CnnConfig::bn_momentum, 0.1, "BatchNorm running-statistics momentum").range(0.0, 1.0);
 
   auto resnet = model.section("resnet", &ModelConfig::resnet, "residual network").when("model.type", {"resnet"});
-  resnet.integers("channels", &ConvNetConfig::channels, {32, 64, 128}, "channels of each stage")
+  resnet.integers("channels", &ResNetConfig::channels, {32, 64, 128}, "channels of each stage")
       .range(1, 65536)
       .items(1, 16);
-  resnet.integers("blocks", &ConvNetConfig::blocks, {2, 2, 2}, "residual blocks in each stage")
+  resnet.integers("blocks", &ResNetConfig::blocks, {2, 2, 2}, "residual blocks in each stage")
       .range(1, 256)
       .items(1, 16);
+  resnet.boolean("zero_init_residual", &ResNetConfig::zero_init_residual, false,
+                 "start each block's last BatchNorm weight at 0 (every block begins as the identity)");
+  resnet.number("bn_momentum", &ResNetConfig::bn_momentum, 0.1, "BatchNorm running-statistics momentum")
+      .range(0.0, 1.0);
 
   auto vit = model.section("vit", &ModelConfig::vit, "vision transformer").when("model.type", {"vit"});
   vit.integer("patch", &VitConfig::patch, 4, "patch side in pixels (must divide the image side)").range(1, 1024);
@@ -99,7 +112,7 @@ void declare(Schema& s) {
   data.number("val_fraction", &DataConfig::val_fraction, 0.1, "part of the training set held out for validation")
       .min(0.0)
       .below(1.0)
-      .when("data.type", {"fashion_mnist", "mnist", "idx", "sft", "tokens"});
+      .when("data.type", {"fashion_mnist", "mnist", "idx", "tokens"});  // sft: data.val_path
   data.boolean("normalize", &DataConfig::normalize, true, "standardize pixels: (x/255 - mean) / std")
       .when("data.type", images);
   data.number("mean", &DataConfig::mean, 0.2860, "pixel mean after scaling to [0, 1] (Fashion-MNIST's)")
@@ -132,6 +145,12 @@ void declare(Schema& s) {
   data.string("cmudict", &DataConfig::cmudict, "",
               "CMU Pronouncing Dictionary to build data.path/val_path/test_path from when missing (kiln data cmudict)")
       .when("data.type", {"sft"});
+  auto augment = data.section("augment", &DataConfig::augment, "training-set augmentation, on the device")
+                     .when("data.type", images);
+  augment.integer("crop_padding", &AugmentConfig::crop_padding, 0,
+                  "random crop after zero padding by this many pixels on each side (0 = off)")
+      .range(0, 64);
+  augment.boolean("hflip", &AugmentConfig::hflip, false, "random horizontal flips (probability 1/2)");
 
   // --- optimizer ---
   auto optim = top.section("optim", &TrainConfig::optim, "the optimizer");
@@ -196,6 +215,11 @@ void declare(Schema& s) {
   train.integer("sample_every", &TrainSection::sample_every, 0, "generate a text sample every N steps (0 = never)")
       .range(0, kMaxInt)
       .when("model.type", {"gpt"});
+  train.number("label_smoothing", &TrainSection::label_smoothing, 0.0,
+               "cross-entropy label smoothing (image classifiers; PyTorch's definition)")
+      .min(0.0)
+      .below(1.0)
+      .when("data.type", images);
   train.boolean("deterministic", &TrainSection::deterministic, true,
                 "bit-reproducible kernels and data order; every kiln kernel is, so false is rejected until a "
                 "faster non-deterministic path exists");
@@ -336,11 +360,18 @@ void post_load(TrainConfig& c, const Locator& loc) {
 
   if (c.model.type == "cnn" || c.model.type == "resnet") {
     const std::string sec = "model." + c.model.type;
-    const ConvNetConfig& n = c.model.type == "cnn" ? c.model.cnn : c.model.resnet;
-    if (n.channels.size() != n.blocks.size())
+    const std::vector<int64_t>& channels = c.model.type == "cnn" ? c.model.cnn.channels : c.model.resnet.channels;
+    const std::vector<int64_t>& blocks = c.model.type == "cnn" ? c.model.cnn.blocks : c.model.resnet.blocks;
+    if (channels.size() != blocks.size())
       loc.fail(loc.given(sec + ".blocks") ? sec + ".blocks" : sec + ".channels",
-               "channels has " + std::to_string(n.channels.size()) + " stages but blocks has " +
-                   std::to_string(n.blocks.size()) + "; give one entry per stage in both");
+               "channels has " + std::to_string(channels.size()) + " stages but blocks has " +
+                   std::to_string(blocks.size()) + "; give one entry per stage in both");
+  }
+  if (c.model.type == "cnn") {
+    if (c.model.cnn.kernel % 2 == 0)
+      loc.fail("model.cnn.kernel", std::to_string(c.model.cnn.kernel) + " is even; the window must be odd");
+    if (c.model.cnn.dropout > 0 && c.model.cnn.hidden == 0)
+      loc.fail("model.cnn.dropout", "applies to the head's hidden layer; set model.cnn.hidden too");
   }
   if (c.model.type == "vit" && c.model.vit.dim % c.model.vit.heads != 0)
     loc.fail("model.vit.heads", std::to_string(c.model.vit.heads) + " heads do not divide dim " +

@@ -43,11 +43,32 @@ struct MlpConfig {
   double dropout = 0;
 };
 
-/// Plain CNN and ResNet: one stage per entry of `channels`, `blocks[i]`
-/// convolution layers (CNN) or residual blocks (ResNet) in stage i.
-struct ConvNetConfig {
+/// Plain CNN (nn/cnn.h): one stage per entry of `channels`, `blocks[i]`
+/// conv-BN-ReLU layers in stage i, each stage followed by 2x2 pooling.
+struct CnnConfig {
   std::vector<int64_t> channels;
   std::vector<int64_t> blocks;
+  int64_t kernel = 0;     ///< odd convolution window
+  std::string pool;       ///< "max" or "avg" (after each stage)
+  std::string head;       ///< "flatten" or "avgpool" (global average) before the Linear head
+  int64_t hidden = 0;     ///< hidden Linear width in the head (0 = none)
+  double dropout = 0;     ///< before the last Linear (with hidden)
+  double bn_momentum = 0;
+};
+
+/// ResNet (nn/resnet.h): one stage per entry of `channels`, `blocks[i]`
+/// basic blocks in stage i (stride 2 and a projection at each later stage).
+struct ResNetConfig {
+  std::vector<int64_t> channels;
+  std::vector<int64_t> blocks;
+  bool zero_init_residual = false;  ///< each block's last BatchNorm starts at weight 0
+  double bn_momentum = 0;
+};
+
+/// Training-set augmentation for image data (kernels/augment.h).
+struct AugmentConfig {
+  int64_t crop_padding = 0;  ///< random crop after zero padding by this many pixels (0 = off)
+  bool hflip = false;        ///< random horizontal flips
 };
 
 struct VitConfig {
@@ -74,8 +95,8 @@ struct ModelConfig {
   std::string type;       ///< a registered model type (trainers/models.h): "mlp", "gpt", ...
   std::string init_from;  ///< safetensors weights to start from ("" = random init)
   MlpConfig mlp;
-  ConvNetConfig cnn;
-  ConvNetConfig resnet;
+  CnnConfig cnn;
+  ResNetConfig resnet;
   VitConfig vit;
   GptConfig gpt;
 };
@@ -96,6 +117,7 @@ struct DataConfig {
   bool pack = false;                    ///< pack examples first-fit into windows (sft)
   bool skip_bad_lines = false;          ///< count and skip bad JSONL lines instead of stopping (sft)
   std::string cmudict;                  ///< CMU dictionary to build the sft splits from when missing
+  AugmentConfig augment;                ///< image data: training-set augmentation
 };
 
 struct OptimConfig {
@@ -131,6 +153,7 @@ struct TrainSection {
   std::string resume;  ///< "none", "auto" or a checkpoint path
   int64_t sample_every = 0;
   bool deterministic = false;
+  double label_smoothing = 0;  ///< image classifiers: cross-entropy label smoothing
 };
 
 struct DistConfig {

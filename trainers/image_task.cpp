@@ -1,7 +1,11 @@
 #include "trainers/image_task.h"
 
+#include <cstring>
 #include <numeric>
 #include <sstream>
+
+#include "nn/batchnorm.h"
+#include "runtime/dispatch.h"
 
 namespace kiln {
 
@@ -15,7 +19,8 @@ Normalization normalization_for(const TrainConfig& c) {
 }  // namespace
 
 ImageClassificationTask::ImageClassificationTask(const TrainConfig& cfg, const TaskContext& ctx)
-    : ctx_(ctx), rng_(std::make_shared<nn::RngStream>()) {
+    : ctx_(ctx), rng_(std::make_shared<nn::RngStream>()),
+      loss_(static_cast<float>(cfg.train.label_smoothing)) {
   rng_->seed = cfg.seed;
   const std::string& dir = cfg.data.path;
   ImageDataset full = ImageDataset::from_mnist_dir(dir, "train");
@@ -47,14 +52,33 @@ ImageClassificationTask::ImageClassificationTask(const TrainConfig& cfg, const T
   BuiltModel built = build_model(cfg, ds, rng_);
   flops_ = built.train_flops_per_example;
   model_ = std::move(built.module);
+  nn::set_batchnorm_deferred(*model_, true);  // one running-statistics update per step
+
+  // The training split's pixels, in view order, uploaded once; the LUT is
+  // the dataset's normalization (the same formula as ImageDataset::fill).
+  const int64_t P = shape_.pixels();
+  Tensor px = Tensor::empty({train_.size(), shape_.H, shape_.W, shape_.C}, DType::u8, Device::cpu(), "train pixels");
+  for (int64_t i = 0; i < train_.size(); ++i) std::memcpy(px.data<uint8_t>() + i * P, train_.image(i), P);
+  train_pixels_ = ctx_.device.is_cuda() ? px.to(ctx_.device) : px;
+  std::vector<float> lut(256);
+  augment_lut(lut.data(), norm.enabled, norm.mean, norm.std);
+  lut_ = Tensor::from_vector(lut, {256}, DType::f32, ctx_.device);
+  augment_.h = shape_.H;
+  augment_.w = shape_.W;
+  augment_.c = shape_.C;
+  augment_.pad = cfg.data.augment.crop_padding;
+  augment_.flip = cfg.data.augment.hflip;
+  augment_.seed = cfg.seed;
+  KILN_INPUT_CHECK(augment_.pad < shape_.H && augment_.pad < shape_.W,
+                   "data.augment.crop_padding: " << augment_.pad << " is not smaller than the " << shape_.H << "x"
+                                                 << shape_.W << " images");
 
   const int64_t n = ctx_.plan.micro * ctx_.plan.accum;
-  std::vector<BatchArray> arrays = {{"images", DType::f32, {n, shape_.H, shape_.W, shape_.C}},
-                                    {"labels", DType::i32, {n}}};
+  std::vector<BatchArray> arrays = {{"keys", DType::i32, {n, 2}}, {"labels", DType::i32, {n}}};
   loader_ = std::make_unique<StepLoader>(
       ctx_.device, std::move(arrays),
       [this](const std::vector<void*>& host) {
-        return fill_step(static_cast<float*>(host[0]), static_cast<int32_t*>(host[1]));
+        return fill_step(static_cast<int32_t*>(host[0]), static_cast<int32_t*>(host[1]));
       },
       /*background=*/cfg.data.num_workers > 0);
 }
@@ -75,10 +99,10 @@ std::string ImageClassificationTask::describe_data() const {
   return os.str();
 }
 
-StepLoader::Filled ImageClassificationTask::fill_step(float* x, int32_t* y) {
+StepLoader::Filled ImageClassificationTask::fill_step(int32_t* keys, int32_t* y) {
   StepLoader::Filled f;
   f.position = sampler_position();
-  const int64_t B = ctx_.plan.micro, step_samples = ctx_.plan.global, P = shape_.pixels();
+  const int64_t B = ctx_.plan.micro, step_samples = ctx_.plan.global;
   for (int64_t micro = 0; micro < ctx_.plan.accum; ++micro) {
     // A step never straddles two epochs (the sampler alone would end an
     // epoch on a micro-batch), so every split of the global batch into
@@ -93,7 +117,14 @@ StepLoader::Filled ImageClassificationTask::fill_step(float* x, int32_t* y) {
     }
     KILN_CHECK(static_cast<int64_t>(b.indices.size()) == B,
                "sampler gave " << b.indices.size() << " samples for a micro-batch of " << B);
-    train_.fill(b.indices.data(), B, x + micro * B * P, y + micro * B);
+    train_.fill(b.indices.data(), B, nullptr, y + micro * B);  // labels (and an index check)
+    // A sample's key names it and its epoch: its crop is the same on any
+    // process count. Keys travel as int32 pairs, the halves of the int64.
+    const uint64_t epoch = sampler_->epoch();
+    for (int64_t i = 0; i < B; ++i) {
+      const int64_t k = augment_key(epoch, b.indices[static_cast<size_t>(i)]);
+      std::memcpy(keys + 2 * (micro * B + i), &k, sizeof k);
+    }
   }
   f.batch.examples = B * ctx_.plan.accum;
   f.batch.units = f.batch.examples;
@@ -115,14 +146,29 @@ StepBatch ImageClassificationTask::begin_step() {
 
 void ImageClassificationTask::train_micro_batch(int64_t micro, float loss_scale, LossStats& stats) {
   KILN_CHECK(step_ && micro >= 0 && micro < ctx_.plan.accum, "train_micro_batch " << micro << " outside the step");
-  const int64_t B = ctx_.plan.micro, P = shape_.pixels();
-  const Tensor x = to_compute(step_->arrays[0].view(micro * B * P, {B, shape_.H, shape_.W, shape_.C}));
+  const int64_t B = ctx_.plan.micro;
+  // (B, H, W, C) in the compute dtype: gather + crop + flip + normalize.
+  Tensor x = Tensor::empty({B, shape_.H, shape_.W, shape_.C}, ctx_.compute, ctx_.device, "images");
+  const int64_t* keys = reinterpret_cast<const int64_t*>(step_->arrays[0].data<int32_t>()) + micro * B;
+  dispatch(
+      x, [&](auto tag) { using T = decltype(tag);
+        augment_batch_cpu<T>(x.data<T>(), train_pixels_.data<uint8_t>(), train_.size(), keys, B, augment_,
+                             lut_.data<float>()); },
+      [&](auto tag, cudaStream_t s) { using T = decltype(tag);
+        augment_batch(x.data<T>(), train_pixels_.data<uint8_t>(), keys, B, augment_, lut_.data<float>(), s); });
   const Tensor y = step_->arrays[1].view(micro * B, {B});
   Tensor logits = model_->forward(x);  // (B, classes)
   stats.add_correct(logits, y, shape_.classes);
   const Tensor losses = loss_.forward_backward_rows(logits, y, shape_.classes, loss_scale);
   stats.add_losses(losses, y);
   model_->backward(logits);  // logits now hold dL/dlogits
+  if (micro == ctx_.plan.accum - 1) {
+    // The step's BatchNorm statistics, averaged over its micro-batches on every rank.
+    std::function<void(Tensor&)> sum;
+    if (ctx_.world > 1)
+      sum = [this](Tensor& t) { ctx_.communicator().all_reduce(t, ReduceOp::sum, "batchnorm statistics"); };
+    nn::update_batchnorm_running_stats(*model_, sum, ctx_.world);
+  }
 }
 
 TaskStats ImageClassificationTask::evaluate(Split split, int64_t max_batches) {

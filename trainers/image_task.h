@@ -4,14 +4,20 @@
 // way), softmax cross-entropy.
 //
 // Images reach the model as (B, H, W, C) f32 (NHWC; bf16 on a bf16 GPU run),
-// labels as (B) int32, both on the device, from a StepLoader that prepares
-// the next step while this one trains.
+// labels as (B) int32, both on the device. The training split's uint8 pixels
+// live on the device (uploaded once); a StepLoader prepares each step's
+// sample keys and labels a step ahead, and one kernel (kernels/augment.h)
+// gathers the micro-batch by key, applies data.augment's crop and flip, and
+// normalizes — the CPU backend runs the same reference. Models with
+// BatchNorm update their running statistics once per step, averaged over the
+// step's micro-batches on every rank (nn/batchnorm.h).
 #pragma once
 
 #include <memory>
 
 #include "data/image_dataset.h"
 #include "data/sampler.h"
+#include "kernels/augment.h"
 #include "nn/loss.h"
 #include "trainers/config.h"
 #include "trainers/models.h"
@@ -41,8 +47,9 @@ class ImageClassificationTask : public Task {
   const ImageShape& shape() const { return shape_; }
 
  private:
-  // Writes one step's images and labels (host) from the sampler.
-  StepLoader::Filled fill_step(float* x, int32_t* y);
+  // Writes one step's sample keys ((n, 2) int32: the halves of each int64
+  // augment key) and labels (host) from the sampler.
+  StepLoader::Filled fill_step(int32_t* keys, int32_t* y);
   nlohmann::json sampler_position() const;
   // (n, H, W, C) images on the device in the compute dtype.
   Tensor to_compute(const Tensor& x) const;
@@ -57,6 +64,9 @@ class ImageClassificationTask : public Task {
   int64_t eval_batch_ = 0;
   double flops_ = 0;
   std::unique_ptr<StepLoader> loader_;
+  Tensor train_pixels_;  // (N, H, W, C) u8: the training split in view order, on the device
+  Tensor lut_;           // (256) f32: pixel value -> normalized input
+  AugmentParams augment_;
   const StepLoader::Step* step_ = nullptr;  // the current step's device arrays
 };
 

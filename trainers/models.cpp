@@ -9,9 +9,11 @@
 
 #include "data/safetensors.h"
 #include "data/safetensors_tensor.h"
+#include "nn/cnn.h"
 #include "nn/gpt.h"
 #include "nn/gpt_io.h"
 #include "nn/mlp.h"
+#include "nn/resnet.h"
 #include "nn/vit.h"
 #include "runtime/device.h"
 #include "trainers/run_checkpoint.h"
@@ -46,6 +48,48 @@ BuiltModel build_mlp(const TrainConfig& cfg, const DataShape& shape, std::shared
   o.dropout = static_cast<float>(c.dropout);
   o.seed = cfg.seed;
   auto m = std::make_unique<nn::Mlp>(o, std::move(rng));
+  BuiltModel b;
+  b.train_flops_per_example = m->train_flops_per_example();
+  b.module = std::move(m);
+  return b;
+}
+
+BuiltModel build_cnn(const TrainConfig& cfg, const DataShape& shape, std::shared_ptr<nn::RngStream> rng) {
+  const CnnConfig& c = cfg.model.cnn;
+  nn::CnnOptions o;
+  o.in_channels = shape.image.C;
+  o.height = shape.image.H;
+  o.width = shape.image.W;
+  o.classes = shape.image.classes;
+  o.channels = c.channels;
+  o.blocks = c.blocks;
+  o.kernel = c.kernel;
+  o.pool = c.pool == "avg" ? nn::PoolKind::avg : nn::PoolKind::max;
+  o.global_pool = c.head == "avgpool";
+  o.hidden = c.hidden;
+  o.dropout = static_cast<float>(c.dropout);
+  o.bn_momentum = static_cast<float>(c.bn_momentum);
+  o.seed = cfg.seed;
+  auto m = std::make_unique<nn::Cnn>(o, std::move(rng));
+  BuiltModel b;
+  b.train_flops_per_example = m->train_flops_per_example();
+  b.module = std::move(m);
+  return b;
+}
+
+BuiltModel build_resnet(const TrainConfig& cfg, const DataShape& shape, std::shared_ptr<nn::RngStream>) {
+  const ResNetConfig& c = cfg.model.resnet;
+  nn::ResNetOptions o;
+  o.in_channels = shape.image.C;
+  o.height = shape.image.H;
+  o.width = shape.image.W;
+  o.classes = shape.image.classes;
+  o.channels = c.channels;
+  o.blocks = c.blocks;
+  o.zero_init_residual = c.zero_init_residual;
+  o.bn_momentum = static_cast<float>(c.bn_momentum);
+  o.seed = cfg.seed;
+  auto m = std::make_unique<nn::ResNet>(o);
   BuiltModel b;
   b.train_flops_per_example = m->train_flops_per_example();
   b.module = std::move(m);
@@ -107,6 +151,8 @@ std::vector<ModelSpec> builtin_models() {
       {"mlp", ModelInput::images, build_mlp, nullptr},
       {"gpt", ModelInput::tokens, build_gpt, gpt_init_from},
       {"vit", ModelInput::images, build_vit, nullptr},
+      {"cnn", ModelInput::images, build_cnn, nullptr},
+      {"resnet", ModelInput::images, build_resnet, nullptr},
   };
 }
 

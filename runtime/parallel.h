@@ -243,6 +243,10 @@ class ThreadPool {
 
 }  // namespace detail
 
+/// CPUs this process may run on: its affinity mask (a container's cpuset or
+/// mpirun's binding), not the machine's core count; at least 1.
+inline int available_cpus() { return detail::available_cpus(); }
+
 /// Threads the CPU ops use (the caller plus the pool's workers). Defaults to
 /// the CPUs in this process's affinity mask; the trainer sets it from the
 /// config's `threads` through set_cpu_threads (runtime/blas.h).

@@ -32,7 +32,9 @@ void declare(Schema& s) {
   top.choice("precision", &TrainConfig::precision, {{"fp32", Precision::fp32}, {"bf16", Precision::bf16}}, "fp32",
              "activation/matmul precision on the GPU (master weights are always fp32)");
   top.string("output_dir", &TrainConfig::output_dir, "", "run directory (default: runs/<name>)");
-  top.integer("threads", &TrainConfig::threads, 0, "CPU threads (0 = all cores)").range(0, 4096);
+  top.integer("threads", &TrainConfig::threads, 0,
+              "CPU threads (0 = the CPUs this process may run on, shared by the processes of a node)")
+      .range(0, 4096);
 
   // --- model ---
   auto model = top.section("model", &TrainConfig::model, "the network");

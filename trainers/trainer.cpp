@@ -6,13 +6,13 @@
 #include <filesystem>
 #include <map>
 #include <sstream>
-#include <thread>
 
 #include "nn/optimizer.h"
 #include "nn/schedule.h"
 #include "runtime/atomic_file.h"
 #include "runtime/blas.h"
 #include "runtime/communicator.h"
+#include "runtime/parallel.h"
 #include "runtime/process_info.h"
 #include "runtime/stream.h"
 #include "trainers/checkpoint.h"
@@ -78,10 +78,11 @@ double peak_tflops(const TrainConfig& cfg, Device device) {
   return 0;
 }
 
+// threads: 0 means the CPUs this process may run on (its affinity mask: a
+// container limited to 2 of 64 cores gets 2 threads, not 64).
 int64_t resolve_threads(int threads) {
   if (threads > 0) return threads;
-  const unsigned hw = std::thread::hardware_concurrency();
-  return hw ? hw : 1;
+  return available_cpus();
 }
 
 // splitmix64's finalizer: rank r > 0 draws dropout masks from its own

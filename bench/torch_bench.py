@@ -608,6 +608,35 @@ def cross_entropy(ctx):
             t.cuda.empty_cache()
 
 
+def _vit_shape_str(s, tag, threads=None):
+    """bench/train/vit_train_bench.cpp's shape key."""
+    H, W, C, p, d, L, heads, hidden, classes, B = s
+    key = f"B{B} {H}x{W}x{C} p{p} d{d} L{L} H{heads} mlp{hidden} {tag}"
+    return key + (f" threads={threads}" if threads else "")
+
+
+@entry("vit_train")
+def vit_train(ctx):
+    """Whole ViT training steps (bench/torch_vit.py: the same model, init, AdamW and clipping as nn::Vit)."""
+    import os
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import torch_vit
+    t = ctx.torch
+    if ctx.cpu:
+        s = (28, 28, 1, 4, 64, 6, 4, 128, 10, 128)
+        ms, flops = torch_vit.step_time(s, "cpu", "f32", 3 if ctx.quick else 5)
+        ctx.report("vit_train_step", _vit_shape_str(s, "f32", t.get_num_threads()), ms, "eager", flops=flops)
+        return
+    fashion = (28, 28, 1, 4, 64, 6, 4, 128, 10, 512)
+    rows = [(fashion, "f32"), (fashion, "bf16")]
+    if not ctx.quick:
+        rows.append(((224, 224, 3, 16, 384, 12, 6, 1536, 1000, 128), "bf16"))
+    for s, tag in rows:
+        ms, flops = torch_vit.step_time(s, "cuda", tag, 10)
+        ctx.report("vit_train_step", _vit_shape_str(s, tag), ms, "eager", flops=flops)
+        t.cuda.empty_cache()
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--json", help="where to write the results (required unless --list)")

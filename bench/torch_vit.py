@@ -8,7 +8,18 @@ Two uses:
     `vit_train` entry of bench/torch_bench.py calls step_time() here, with the
     same model, batch and optimizer):
 
-        OMP_WAIT_POLICY=PASSIVE /usr/bin/python3 bench/torch_vit.py bench --threads 2
+        /usr/bin/python3 bench/torch_vit.py bench [--settings 1:1 2:2 1:2] [--json t.json]
+
+    Each setting TORCH:BLAS runs in a fresh process with
+    torch.set_num_threads(TORCH), OPENBLAS_NUM_THREADS=BLAS (Debian's PyTorch
+    multiplies through OpenBLAS, whose threads torch.set_num_threads leaves at
+    every core) and OMP_WAIT_POLICY=PASSIVE (its OpenMP threads otherwise
+    spin against OpenBLAS's). A setting counts under the cores it uses,
+    max(TORCH, BLAS), so PyTorch's best at two cores is the better of 2:2 and
+    1:2. Timing: blocks of --steps steps after 3 warm-up steps, the median of
+    --repeats blocks, as kiln-bench's entry. --json writes torch_bench.py's
+    format, keyed like kiln's rows (kiln-bench --compare,
+    bench/cpu_side_by_side.py).
 
   * training on Fashion-MNIST with the recipe's settings (configs/vit_*.yaml),
     an independent reference for the accuracy kiln reaches:
@@ -30,7 +41,9 @@ import gzip
 import json
 import math
 import os
+import statistics
 import struct
+import subprocess
 import sys
 import time
 
@@ -147,8 +160,9 @@ def model_flops(m):
 
 # --- throughput ----------------------------------------------------------------------
 
-def step_time(shape, device, dtype, steps, warmup=3):
-    """Milliseconds per training step (forward, cross-entropy, backward, clip 1.0, AdamW) and FLOPs per step."""
+def step_time(shape, device, dtype, steps, warmup=3, repeats=1):
+    """Milliseconds per training step (forward, cross-entropy, backward, clip 1.0, AdamW; the median over
+    `repeats` blocks of `steps` steps) and FLOPs per step."""
     H, W, C, patch, dim, depth, heads, hidden, classes, B = shape
     torch.manual_seed(1)
     m = Vit(H, W, C, patch, dim, depth, heads, hidden, classes).to(device)
@@ -167,14 +181,17 @@ def step_time(shape, device, dtype, steps, warmup=3):
 
     for _ in range(warmup):
         step()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return 1e3 * (time.perf_counter() - t0) / steps, B * model_flops(m)
+    blocks = []
+    for _ in range(repeats):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        blocks.append(1e3 * (time.perf_counter() - t0) / steps)
+    return statistics.median(blocks), B * model_flops(m)
 
 
 # --- Fashion-MNIST training -----------------------------------------------------------
@@ -261,10 +278,14 @@ def train(args):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
-    b = sub.add_parser("bench", help="time training steps of the kiln-bench CPU shape")
-    b.add_argument("--threads", type=int, default=2)
-    b.add_argument("--steps", type=int, default=10)
+    b = sub.add_parser("bench", help="time training steps of the kiln-bench CPU shape per thread setting")
+    b.add_argument("--settings", nargs="+", default=["1:1", "2:2", "1:2"],
+                   help="TORCH:BLAS thread settings, each in its own process")
+    b.add_argument("--steps", type=int, default=8, help="steps per timed block")
+    b.add_argument("--repeats", type=int, default=3, help="timed blocks (the median counts)")
+    b.add_argument("--wait-policy", default="PASSIVE", help="OMP_WAIT_POLICY for the runs (PASSIVE: PyTorch's best)")
     b.add_argument("--json")
+    b.add_argument("--one", help=argparse.SUPPRESS)  # TORCH:BLAS, in the child process
     t = sub.add_parser("train", help="train on Fashion-MNIST and report test accuracy per epoch")
     t.add_argument("--data", default="/usr/share/datasets/fashion-mnist")
     t.add_argument("--threads", type=int, default=2)
@@ -290,18 +311,47 @@ def main():
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--json")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
     if args.cmd == "train":
+        torch.set_num_threads(args.threads)
         train(args)
         return 0
-    shape = (28, 28, 1, 4, 64, 6, 4, 128, 10, 128)  # bench/train/vit_train_bench.cpp kFashionCpu
-    ms, flops = step_time(shape, "cpu", "f32", args.steps)
-    r = {"name": "vit_train_step", "backend": "cpu", "threads": args.threads, "torch": torch.__version__,
-         "ms_per_step": ms, "images_per_s": shape[-1] * 1e3 / ms, "model_gflops": flops / ms / 1e6}
-    print(json.dumps(r))
+    return bench(args)
+
+
+CPU_SHAPE = (28, 28, 1, 4, 64, 6, 4, 128, 10, 128)  # bench/train/vit_train_bench.cpp kFashionCpu
+
+
+def bench(args):
+    """The CPU step per TORCH:BLAS setting, each in a fresh process (the thread counts are fixed at start-up)."""
+    if args.one:
+        threads, blas_threads = (int(v) for v in args.one.split(":"))
+        torch.set_num_threads(threads)
+        ms, flops = step_time(CPU_SHAPE, "cpu", "f32", args.steps, warmup=3, repeats=args.repeats)
+        H, W, C, p, d, L, heads, hidden, classes, B = CPU_SHAPE
+        cores = max(threads, blas_threads)
+        print(json.dumps({"name": "vit_train_step", "backend": "cpu",
+                          "shape": f"B{B} {H}x{W}x{C} p{p} d{d} L{L} H{heads} mlp{hidden} f32 threads={cores}",
+                          "ms": ms, "flops": flops,
+                          "impl": f"torch {threads} + OpenBLAS {blas_threads} threads, "
+                                  f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}",
+                          "threads": cores, "torch_threads": threads, "blas_threads": blas_threads,
+                          "images_per_s": B * 1e3 / ms, "model_gflops": flops / ms / 1e6, "torch": torch.__version__}))
+        return 0
+    results = []
+    for setting in args.settings:
+        t, b = (int(v) for v in setting.split(":"))
+        env = dict(os.environ, OPENBLAS_NUM_THREADS=str(b), OMP_NUM_THREADS=str(t), OMP_WAIT_POLICY=args.wait_policy)
+        out = subprocess.run([sys.executable, os.path.abspath(__file__), "bench", "--one", setting, "--steps",
+                              str(args.steps), "--repeats", str(args.repeats)],
+                             env=env, check=True, capture_output=True, text=True).stdout
+        r = json.loads(out.strip().splitlines()[-1])
+        print(f"torch_vit {r['shape']} ({r['impl']}): {r['ms']:.1f} ms/step, {r['images_per_s']:.0f} images/s, "
+              f"{r['model_gflops']:.1f} model GFLOP/s", flush=True)
+        results.append(r)
     if args.json:
+        doc = {"device": "cpu", "torch": results[0]["torch"] if results else "", "results": results, "failures": []}
         with open(args.json, "w") as f:
-            json.dump(r, f, indent=1)
+            json.dump(doc, f, indent=1)
     return 0
 
 

@@ -3,7 +3,9 @@
 // images, as the trainer runs them.
 //
 //   cpu  configs/vit_fashion.yaml's ViT (28x28x1, patch 4 → 49 tokens + class
-//        token, width 64, 6 blocks, 4 heads, MLP 128), batch 128, fp32
+//        token, width 64, 6 blocks, 4 heads, MLP 128), batch 128, fp32, at 1
+//        and 2 threads of the CPU pool (threads=N in the shape string);
+//        blocks of steps, the median of 3 blocks
 //   gpu  the same model (head dim 16) at batch 512, fp32 and bf16; and
 //        ViT-S/16 at 224x224x3
 //        (width 384, 12 blocks, 6 heads, MLP 1536, 1000 classes), batch 128,
@@ -14,7 +16,8 @@
 // frac_peak is MFU against the GEMM peak measured in the same run; a printed
 // line adds images/s and, on the GPU, MFU against the datasheet's dense bf16
 // peak (H100/H200 SXM: 989 TFLOP/s). PyTorch's side: bench/torch_vit.py
-// (same models, shapes and optimizer).
+// (same models, shapes and optimizer; `bench` times the CPU step per
+// PyTorch/OpenBLAS thread setting, bench/cpu_side_by_side.py alternates both).
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -39,7 +42,7 @@ constexpr VitShape kFashionCpu{28, 28, 1, 4, 64, 6, 4, 128, 10, 128};
 constexpr VitShape kFashionGpu{28, 28, 1, 4, 64, 6, 4, 128, 10, 512};
 constexpr VitShape kVitS16{224, 224, 3, 16, 384, 12, 6, 1536, 1000, 128};
 
-void run_shape(Context& ctx, const VitShape& s, Device dev, DType compute, int repeats) {
+void run_shape(Context& ctx, const VitShape& s, Device dev, DType compute, int repeats, int steps_per_block) {
   nn::VitOptions o;
   o.image_h = s.H;
   o.image_w = s.W;
@@ -73,11 +76,16 @@ void run_shape(Context& ctx, const VitShape& s, Device dev, DType compute, int r
     model.backward(logits);
     opt.step(1e-3, nn::clip_scale(nn::grad_norm(params), 1.0));
     loss = l.sum / static_cast<double>(l.count);
-    if (dev.is_cuda()) Stream().synchronize();
+    synchronize_device(dev);  // every stream of the GPU (a default Stream would wait for nothing)
   };
   step();  // warm-up: allocator caches, cuBLASLt heuristics
   step();
-  const double ms = ctx.time_cpu(step, repeats);
+  const double ms = ctx.time_cpu(
+                        [&] {
+                          for (int i = 0; i < steps_per_block; ++i) step();
+                        },
+                        repeats) /
+                    steps_per_block;
   const double flops = static_cast<double>(s.B) * model.train_flops_per_example();
   const char* dt = compute == DType::bf16 ? "bf16" : "f32";
   Result r;
@@ -99,14 +107,25 @@ void run_shape(Context& ctx, const VitShape& s, Device dev, DType compute, int r
 }  // namespace
 
 KILN_BENCH(vit_train, 61) {
-  run_shape(ctx, kFashionCpu, Device::cpu(), DType::f32, ctx.quick() ? 2 : 5);
+  {
+    // The CPU step at 1 and 2 threads of the pool (restored afterwards).
+    const int before = cpu_threads();
+    struct Restore {
+      int n;
+      ~Restore() { set_cpu_threads(n); }
+    } restore{before};
+    for (int threads : {1, 2}) {
+      set_cpu_threads(threads);
+      run_shape(ctx, kFashionCpu, Device::cpu(), DType::f32, ctx.quick() ? 1 : 3, ctx.quick() ? 2 : 8);
+    }
+  }
   if (!ctx.has_gpu()) {
     std::printf("  vit_train: no GPU, GPU entries skipped\n");
     return;
   }
-  run_shape(ctx, kFashionGpu, Device::cuda(0), DType::f32, 10);
-  run_shape(ctx, kFashionGpu, Device::cuda(0), DType::bf16, 10);
-  if (!ctx.quick()) run_shape(ctx, kVitS16, Device::cuda(0), DType::bf16, 10);
+  run_shape(ctx, kFashionGpu, Device::cuda(0), DType::f32, 10, 1);
+  run_shape(ctx, kFashionGpu, Device::cuda(0), DType::bf16, 10, 1);
+  if (!ctx.quick()) run_shape(ctx, kVitS16, Device::cuda(0), DType::bf16, 10, 1);
 }
 
 }  // namespace kiln::bench

@@ -48,6 +48,9 @@ struct Case {
   /// Called on each parameter's host values after the noise (e.g. keep the
   /// GPT's padded vocabulary rows at zero, as in every real model).
   std::function<void(const nn::Parameter&, std::vector<float>&)> fix_param;
+  /// Called once the model is on its device, before the first forward (the
+  /// SFT case hands the GPT its packing: segment ids and positions).
+  std::function<void(nn::Module&, const Device&)> prepare;
   nn::OptimizerOptions optim;
   nn::ScheduleConfig schedule;  ///< total_steps = the steps trained
   double max_norm = 1.0;        ///< gradient clipping; pick one that triggers

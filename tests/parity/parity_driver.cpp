@@ -125,6 +125,7 @@ int run_case(const Case& c, const Run& run, const std::string& dir) {
   perturb(model, c);
   write_named_tensors(dir + "/init.safetensors", weights(model, DType::f32));
   model.to(run.device, run.master, run.compute);
+  if (c.prepare) c.prepare(model, run.device);
 
   Batch batch = c.batch();
   const int64_t rows = static_cast<int64_t>(batch.targets.size());

@@ -4,6 +4,7 @@
 #include <sstream>
 
 #include "kernels/activation.h"
+#include "nn/lora.h"
 #include "runtime/dispatch.h"
 #include "runtime/blas.h"
 
@@ -20,6 +21,14 @@ Linear::Linear(int64_t in, int64_t out, bool bias, uint64_t seed, uint64_t offse
     b.uniform_(seed, next, -bound, bound);
     bias_ = &register_parameter("bias", b, /*decay=*/false);
   }
+}
+
+Linear::~Linear() = default;
+
+void Linear::attach_adapter(std::unique_ptr<LoraAdapter> adapter) {
+  KILN_CHECK(adapter && !lora_, describe() << ": attach_adapter needs one adapter and takes no second");
+  lora_ = std::move(adapter);
+  register_module("", lora_.get());  // no name part: "<this>.lora_A.weight"
 }
 
 std::string Linear::describe() const {
@@ -62,6 +71,10 @@ Tensor Linear::forward(const Tensor& x) {
           bias_add_forward_cpu<T>(y.data<T>(), y.data<T>(), b.data<T>(), rows, out_); },
         [&](auto tag, cudaStream_t) {});
   }
+  if (lora_ && !lora_->merged()) {
+    Tensor y2 = y.reshape({rows, out_});
+    lora_->forward_into(x_, y2);  // y += s·B·A·dropout(x)
+  }
   return y;
 }
 
@@ -98,8 +111,13 @@ Tensor Linear::backward(const Tensor& dy) {
           bias_backward(db.data<float>(), dy.data<T>(), rows, out_, s); });
   }
   grads_ready();  // dW and db are final for this backward: their reduction may start
+  const bool adapted = lora_ && !lora_->merged();
+  const Tensor dy2 = adapted ? dy.reshape({rows, out_}) : Tensor();
 
-  if (!needs_input_grad_) return Tensor();
+  if (!needs_input_grad_) {
+    if (adapted) lora_->backward_into(dy2, nullptr);  // dA, dB only
+    return Tensor();
+  }
   // dx (rows, in) = dy (rows, out) · W (out, in)
   std::vector<int64_t> dx_shape = dy.shape().vec();
   dx_shape.back() = in_;
@@ -113,6 +131,10 @@ Tensor Linear::backward(const Tensor& dy) {
   gx.in_dtype = dy.dtype();
   gx.out_dtype = dy.dtype();
   gemm(gx, dev, stream);
+  if (adapted) {
+    Tensor dx2 = dx.reshape({rows, in_});
+    lora_->backward_into(dy2, &dx2);  // dA, dB; dx += the adapter's share
+  }
   return dx;
 }
 

@@ -3,6 +3,7 @@
 #include <cstdlib>
 #include <set>
 
+#include "nn/lora.h"
 #include "runtime/error.h"
 
 namespace kiln::nn {
@@ -52,6 +53,7 @@ std::vector<NamedTensor> gpt_to_hf(Gpt& model) {
   const int64_t V = model.vocab_size();
   std::vector<NamedTensor> out;
   for (Parameter* p : model.parameters()) {
+    if (is_lora_parameter(p->name)) continue;  // LoRA adapters export in PEFT's format (kiln export --adapter)
     std::vector<float> v = p->value.to_vector();  // fp32 on the host
     const std::vector<int64_t> s = p->value.shape().vec();
     if (p->name == "wte.weight") v.resize(static_cast<size_t>(V * s[1]));  // drop the padding rows

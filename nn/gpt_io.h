@@ -34,6 +34,7 @@ bool is_conv1d_weight(const std::string& name);
 
 /// The model's weights as HF GPT-2 tensors on the host (fp32): names as in
 /// the file, Conv1D weights (in, out), wte with V rows.
+/// LoRA adapter tensors are left out (merge them first, nn/lora.h).
 std::vector<NamedTensor> gpt_to_hf(Gpt& model);
 
 /// Writes gpt_to_hf(model) to `path` (atomically), with metadata

@@ -282,6 +282,7 @@ LoraAttachment attach_lora(Module& model, const std::vector<std::string>& patter
     // Same device and dtypes as the base layer (whether or not the model has
     // been moved yet).
     ad->to(lin->weight().value.device(), lin->weight().value.dtype(), lin->compute_dtype());
+    ad->train(lin->training());  // attached to a model in eval mode: no dropout
     out.adapter_parameters += ad->num_parameters();
     lin->attach_adapter(std::move(ad));
     out.adapted.push_back(name);

@@ -1,6 +1,13 @@
 // `kiln export`: a GPT checkpoint as a Hugging Face GPT-2 safetensors file.
 //
 //   kiln export DIR --out FILE.safetensors
+//   kiln export LORA_RUN --out FILE.safetensors --merge   (W += (alpha/r)·B·A)
+//   kiln export LORA_RUN --adapter --out OUTDIR           (PEFT adapter files)
+//
+// A LoRA run (lora.enabled) has adapter-only checkpoints: it exports either
+// merged into a plain GPT-2 file or as PEFT's adapter_model.safetensors +
+// adapter_config.json (trainers/lora_export.h); a plain export of one is an
+// error saying so.
 //
 // DIR is a checkpoint or run directory (as for kiln sample). The file holds
 // the weights under Hugging Face GPT-2's names and layout (nn/gpt_io.h), so

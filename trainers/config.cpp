@@ -241,13 +241,14 @@ void declare(Schema& s) {
   // --- LoRA and SFT ---
   auto lora = top.section("lora", &TrainConfig::lora, "low-rank adapters (GPT only)").when("model.type", {"gpt"});
   lora.boolean("enabled", &LoraConfig::enabled, false,
-               "train adapters instead of the full weights (not implemented yet: true is rejected)");
+               "train low-rank adapters on the frozen base model.init_from names (adapter-only checkpoints)");
   lora.integer("rank", &LoraConfig::rank, 8, "adapter rank").range(1, 4096);
   lora.number("alpha", &LoraConfig::alpha, 16.0, "adapter scale numerator (scale = alpha / rank)")
       .above(0.0)
       .max(1e6);
   lora.strings("targets", &LoraConfig::targets, {"attn.c_attn", "attn.c_proj"},
-               "parameter-name suffixes that get adapters")
+               "Linear layers that get adapters: name patterns matched against the names' last dotted parts, "
+               "a shell glob per part (attn.c_attn, mlp.*, c_proj), or all-linear; one matching none is an error")
       .items(1, 64);
   lora.number("dropout", &LoraConfig::dropout, 0.0, "dropout on the adapter input").min(0.0).below(1.0);
 
@@ -412,14 +413,9 @@ void post_load(TrainConfig& c, const Locator& loc) {
   if (!c.train.deterministic)
     loc.fail("train.deterministic", "false is not implemented: every kiln kernel is deterministic and there is no "
                                     "faster non-deterministic path yet (leave it at true)");
-  if (c.lora.enabled)
-    loc.fail("lora.enabled", "LoRA is not implemented yet (it arrives with its own recipe); training with "
-                             "lora.enabled would silently train every weight, so it is refused");
-  // The adapter settings have nothing to set until then: only their defaults
-  // (which a saved config.yaml repeats) are accepted.
-  for (const config::Field& f : train_config_schema().fields())
-    if (f.parent == "lora" && f.name != "enabled" && loc.given(f.path) && f.get(&c) != f.default_value)
-      loc.fail(f.path, "LoRA is not implemented yet, so its settings cannot be changed from their defaults");
+  // LoRA adapts a base: its adapter-only checkpoints name the base they need.
+  if (c.lora.enabled && c.model.init_from.empty())
+    loc.fail("lora.enabled", "needs model.init_from (the base model the adapters train on)");
 }
 
 }  // namespace

@@ -167,7 +167,7 @@ struct LoraConfig {
   bool enabled = false;
   int64_t rank = 0;
   double alpha = 0;
-  std::vector<std::string> targets;  ///< parameter-name suffixes that get adapters
+  std::vector<std::string> targets;  ///< Linear name patterns that get adapters (nn::lora_target_matches)
   double dropout = 0;
 };
 

@@ -3,6 +3,8 @@
 #include <filesystem>
 #include <optional>
 
+#include "trainers/lora_checkpoint.h"
+
 namespace kiln {
 
 namespace fs = std::filesystem;
@@ -36,6 +38,9 @@ std::vector<NamedTensor> model_state(nn::Module& model) {
 }
 
 void load_model_state(const Checkpoint& ck, nn::Module& model) {
+  // A LoRA run's checkpoint: the base from where that run loaded it (hash
+  // checked), then the adapters (trainers/lora_checkpoint.h).
+  if (is_adapter_checkpoint(ck)) return load_adapter_checkpoint(ck, model);
   load_tensors(ck.weights, model_state(model), /*strict=*/true);
   model.refresh_lowp();
 }

@@ -32,7 +32,9 @@ CheckpointSource resolve_checkpoint(const std::string& path, const std::vector<s
 /// (trainable or frozen) and every buffer by its full name, shapes checked,
 /// then the bf16 copies refreshed. InputError naming the file and tensor when
 /// one is missing or mis-shaped, or when the file holds a tensor the model
-/// has no place for (a checkpoint of another model).
+/// has no place for (a checkpoint of another model). An adapter-only
+/// checkpoint of a LoRA run loads its base and then its adapters
+/// (trainers/lora_checkpoint.h).
 void load_model_state(const Checkpoint& ck, nn::Module& model);
 
 /// The tensors model.safetensors holds for `model`: its parameters' master

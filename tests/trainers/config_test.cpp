@@ -198,12 +198,12 @@ std::vector<BadCase> bad_cases() {
       {"override: malformed value", "ov_yaml.yaml", kMlp, {"model.mlp.hidden=[1, 2"},
        {"command-line override 'model.mlp.hidden=[1, 2'", "model.mlp.hidden: malformed value"}},
       // Keys whose feature is not built are refused, never ignored.
-      {"LoRA is not built", "lora.yaml", "model: {type: gpt}\ndata: {type: tokens, train_shards: x/*.bin}\n"
-                                         "lora:\n  enabled: true\n", {},
-       {"lora.yaml:4:3:", "lora.enabled: LoRA is not implemented yet"}},
-      {"LoRA settings", "lora_rank.yaml", "model: {type: gpt}\ndata: {type: tokens, train_shards: x/*.bin}\n"
-                                          "lora:\n  rank: 4\n", {},
-       {"lora_rank.yaml:4:3:", "lora.rank: LoRA is not implemented yet"}},
+      {"LoRA without a base", "lora.yaml", "model: {type: gpt}\ndata: {type: tokens, train_shards: x/*.bin}\n"
+                                           "lora:\n  enabled: true\n", {},
+       {"lora.yaml:4:3:", "lora.enabled: needs model.init_from"}},
+      {"LoRA rank 0", "lora_rank.yaml", "model: {type: gpt}\ndata: {type: tokens, train_shards: x/*.bin}\n"
+                                        "lora:\n  rank: 0\n", {},
+       {"lora_rank.yaml:4:9:", "lora.rank: 0 is out of range"}},
       {"non-deterministic kernels", "nondet.yaml", kMlp + "train:\n  deterministic: false\n", {},
        {"nondet.yaml:4:3:", "train.deterministic: false is not implemented"}},
       {"more than one loader thread", "workers.yaml", kMlp + "data:\n  num_workers: 4\n", {},
@@ -322,7 +322,7 @@ TEST(ConfigTest, GoodConfigsOfEveryKind) {
   EXPECT_EQ(gpt.train.sample_every, 50);
   EXPECT_EQ(gpt.dist.zero_stage, 1);
   EXPECT_DOUBLE_EQ(gpt.dist.bucket_mb, 12.5);
-  EXPECT_FALSE(gpt.lora.enabled);  // LoRA is not built: only its defaults are accepted (see NotBuiltYet)
+  EXPECT_FALSE(gpt.lora.enabled);
   EXPECT_EQ(gpt.lora.rank, 8);
   EXPECT_DOUBLE_EQ(gpt.lora.alpha, 16.0);
   EXPECT_DOUBLE_EQ(gpt.mfu.peak_tflops, 989.5);

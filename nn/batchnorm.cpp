@@ -1,6 +1,7 @@
 #include "nn/batchnorm.h"
 
 #include <sstream>
+#include <utility>
 
 #include "kernels/activation.h"
 #include "kernels/batchnorm.h"
@@ -109,9 +110,13 @@ Tensor BatchNorm2d::backward(const Tensor& dy) {
   const int64_t C = o_.channels, rows = x_.numel() / C;
   const Device dev = dy.device();
   const DType sd = weight_->value.dtype();
-  // Frozen parameters have no gradient: their sums go to scratch.
-  Tensor dw = weight_->grad.defined() ? weight_->grad : Tensor::zeros({C}, sd, dev, "batchnorm.dw_unused");
-  Tensor db = bias_->grad.defined() ? bias_->grad : Tensor::zeros({C}, sd, dev, "batchnorm.db_unused");
+  // The kernel adds its sums to dw/db; they start at zero here and are
+  // added to the gradients afterwards (one rounding per micro-batch: grad +
+  // fresh, the sum an all-reduce over ranks makes, so grad_accum 2 in one
+  // process equals two processes bit for bit). Frozen parameters have no
+  // gradient: their sums stay in the scratch.
+  Tensor dw = Tensor::zeros({C}, sd, dev, "batchnorm.dw_micro");
+  Tensor db = Tensor::zeros({C}, sd, dev, "batchnorm.db_micro");
   Tensor dx = Tensor::empty(x_.shape(), dy.dtype(), dev, "batchnorm.dx");
   const Tensor& w = weight_->value;
   dispatch(
@@ -122,6 +127,15 @@ Tensor BatchNorm2d::backward(const Tensor& dy) {
         Tensor scratch = Tensor::empty({batchnorm_scratch_floats(rows, C)}, DType::f32, dev, "batchnorm.scratch");
         batchnorm_backward(dx.data<T>(), dw.data<float>(), db.data<float>(), scratch.data<float>(), dy.data<T>(),
                            x_.data<T>(), w.data<float>(), mean_.data<float>(), rstd_.data<float>(), rows, C, s); });
+  for (auto [p, fresh] : {std::pair<Parameter*, Tensor*>{weight_, &dw}, {bias_, &db}}) {
+    if (!p->grad.defined()) continue;
+    Tensor& g = p->grad;
+    dispatch(
+        g, [&](auto tag) { using T = decltype(tag);
+          residual_add_cpu<T>(g.data<T>(), g.data<T>(), fresh->data<T>(), C); },
+        [&](auto tag, cudaStream_t s) { using T = decltype(tag);
+          residual_add(g.data<T>(), g.data<T>(), fresh->data<T>(), C, s); });
+  }
   grads_ready();
   return dx;
 }

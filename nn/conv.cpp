@@ -3,9 +3,22 @@
 #include <cmath>
 #include <sstream>
 
+#include "kernels/activation.h"
+#include "runtime/dispatch.h"
 #include "runtime/stream.h"
 
 namespace kiln::nn {
+
+namespace {
+// acc += fresh (same shape and dtype: a master-dtype gradient).
+void add_into(Tensor& acc, const Tensor& fresh) {
+  dispatch(
+      acc, [&](auto tag) { using T = decltype(tag);
+        residual_add_cpu<T>(acc.data<T>(), acc.data<T>(), fresh.data<T>(), acc.numel()); },
+      [&](auto tag, cudaStream_t s) { using T = decltype(tag);
+        residual_add(acc.data<T>(), acc.data<T>(), fresh.data<T>(), acc.numel(), s); });
+}
+}  // namespace
 
 Conv2d::Conv2d(const Conv2dOptions& o, uint64_t seed, uint64_t offset) : o_(o) {
   KILN_CHECK(o.in > 0 && o.out > 0 && o.groups > 0 && o.in % o.groups == 0 && o.out % o.groups == 0,
@@ -84,8 +97,19 @@ Tensor Conv2d::backward(const Tensor& dy) {
   const bool dw = weight_->grad.defined();
   void* dbias = bias_ && bias_->grad.defined() ? bias_->grad.raw() : nullptr;
   if (dw) {
-    conv2d_backward_filter(g, dy.dtype(), x_.raw(), dy.raw(), weight_->grad.raw(), weight_->grad.dtype(),
-                           /*accumulate=*/true, dbias, dev, stream);
+    // This backward's dW (and db) are computed fresh and then added to the
+    // gradient: one rounding per micro-batch, grad + fresh, which is the sum
+    // an all-reduce makes of the ranks' micro-batch gradients. (Accumulating
+    // inside the GEMM would add the micro-batch's partial sums to the
+    // gradient one K block at a time.) So one process with grad_accum 2
+    // computes what two processes do, bit for bit.
+    Tensor fresh = Tensor::empty(weight_->grad.shape(), weight_->grad.dtype(), dev, "conv.dw_micro");
+    Tensor fresh_b;
+    if (dbias) fresh_b = Tensor::zeros(bias_->grad.shape(), bias_->grad.dtype(), dev, "conv.db_micro");
+    conv2d_backward_filter(g, dy.dtype(), x_.raw(), dy.raw(), fresh.raw(), fresh.dtype(), /*accumulate=*/false,
+                           dbias ? fresh_b.raw() : nullptr, dev, stream);
+    add_into(weight_->grad, fresh);
+    if (dbias) add_into(bias_->grad, fresh_b);
   } else if (dbias) {
     // Frozen weight, trainable bias: dbias alone (a zero-size filter pass is not worth a special case).
     Tensor scratch = Tensor::empty(weight_->value.shape(), weight_->value.dtype(), dev, "conv.dw_unused");

@@ -3,16 +3,20 @@
 // batch 64 for 12 steps, one process (micro-batch 32 x grad_accum 2) against
 // two (micro-batch 32 each). Each micro-batch normalizes with its own
 // statistics and the running statistics move once per step with the mean
-// over the step's micro-batches on all ranks, so:
-//   - after the first step (same weights, same micro-batches) the running
-//     statistics are bit-identical to one process's: the mean of two
-//     micro-batch statistics is the same sum whether it is taken locally or
-//     across ranks;
-//   - the loss curves and every tensor of model.safetensors (weights and the
-//     running_mean / running_var buffers) match one process within fp32
-//     reduction-order tolerance (gradients are summed in another order);
+// over the step's micro-batches on all ranks; every parameterized layer adds
+// a micro-batch's gradient to the accumulated one in one rounding (conv and
+// BatchNorm compute it fresh and add; the Linear's GEMM adds a K = 32 product
+// in one block), which is the sum the all-reduce of two ranks makes. So the
+// two runs are the same computation, and the test asks for bit equality:
+//   - after every step, the hash of all parameters and buffers (weights,
+//     running_mean, running_var) of one process equals two processes', and
+//     the losses are equal;
+//   - every tensor of the final model.safetensors is bit-identical (at least
+//     4 of them BatchNorm running statistics);
 //   - parameters and buffers are bit-identical on both ranks after every step;
-//   - the test accuracy (eval mode: running statistics) matches.
+//   - the test accuracy (eval mode: running statistics) is the same.
+// A micro-batch gradient accumulated inside the GEMM (conv dW with
+// accumulate = true) fails the per-step hashes from step 1 on.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -128,9 +132,13 @@ void compare(const std::string& name) {
       << name << ": running statistics after step 1 differ from one process's";
   ASSERT_EQ(one.losses.size(), 12u);
   ASSERT_EQ(two.losses.size(), 12u);
-  for (size_t i = 0; i < 12; ++i)
-    EXPECT_NEAR(two.losses[i], one.losses[i], 1e-4 * std::max(1.0, std::fabs(one.losses[i]))) << name << " step "
-                                                                                              << i + 1;
+  ASSERT_EQ(one.hashes.size(), 12u);
+  ASSERT_EQ(two.hashes.size(), 12u);
+  for (size_t i = 0; i < 12; ++i) {
+    EXPECT_EQ(two.losses[i], one.losses[i]) << name << " step " << i + 1;
+    EXPECT_EQ(two.hashes[i], one.hashes[i]) << name << ": parameters and buffers after step " << i + 1
+                                            << " differ from one process's";
+  }
   const auto a = final_tensors(one.dir), b = final_tensors(two.dir);
   ASSERT_EQ(a.size(), b.size());
   int buffers = 0;
@@ -138,9 +146,14 @@ void compare(const std::string& name) {
     const std::vector<float>& vb = b.at(tensor);
     ASSERT_EQ(va.size(), vb.size()) << tensor;
     buffers += tensor.find("running_") != std::string::npos;
+    size_t differ = 0;
     double worst = 0;
-    for (size_t i = 0; i < va.size(); ++i) worst = std::max(worst, std::fabs(double(va[i]) - double(vb[i])));
-    EXPECT_LT(worst, 1e-4) << name << ": " << tensor << " differs between one and two processes";
+    for (size_t i = 0; i < va.size(); ++i) {
+      differ += std::memcmp(&va[i], &vb[i], sizeof(float)) != 0;
+      worst = std::max(worst, std::fabs(double(va[i]) - double(vb[i])));
+    }
+    EXPECT_EQ(differ, 0u) << name << ": " << tensor << ": " << differ << " of " << va.size()
+                          << " elements differ between one and two processes (largest difference " << worst << ")";
   }
   EXPECT_GE(buffers, 4) << name << ": the checkpoint should hold BatchNorm running statistics";
   // Every step's parameters and buffers are bit-identical on both ranks.
@@ -148,7 +161,7 @@ void compare(const std::string& name) {
   std::string root = mine;
   comm().broadcast_string(root, 0);
   EXPECT_EQ(mine, root) << name << ": rank " << comm().rank() << " differs from rank 0";
-  EXPECT_NEAR(two.result.test_accuracy, one.result.test_accuracy, 2e-3) << name;
+  EXPECT_EQ(two.result.test_accuracy, one.result.test_accuracy) << name;
 }
 
 TEST(BatchNormDataParallel, CnnTwoProcessesMatchOne) { compare("cnn_tiny"); }

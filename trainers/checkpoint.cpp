@@ -352,16 +352,39 @@ std::optional<std::string> find_latest_valid_checkpoint(const std::string& run_d
   return std::nullopt;
 }
 
-int prune_checkpoints(const std::string& run_dir, int keep_last) {
+int prune_checkpoints(const std::string& run_dir, int keep_last, int64_t saved_step) {
   std::string root = checkpoints_root(run_dir);
   std::error_code ec;
   if (!fs::is_directory(root, ec)) return 0;
   int removed = 0;
+  auto retire = [&](const std::string& dir) {
+    retire_directory(root, fs::path(dir).filename().string());
+    ++removed;
+  };
+  auto all = list_checkpoints(run_dir);  // newest first
+  if (saved_step >= 0) {
+    for (const auto& [step, dir] : all)
+      if (step > saved_step) retire(dir);  // an abandoned timeline's
+  }
   if (keep_last >= 1) {
-    auto all = list_checkpoints(run_dir);
-    for (size_t i = static_cast<size_t>(keep_last); i < all.size(); ++i) {
-      retire_directory(root, fs::path(all[i].second).filename().string());
-      ++removed;
+    int kept = 0;
+    for (const auto& [step, dir] : all) {
+      if (saved_step >= 0 && step > saved_step) continue;  // retired above
+      if (kept >= keep_last) {
+        retire(dir);
+        continue;
+      }
+      if (step == saved_step) {
+        ++kept;  // just written and checksummed: no second read
+        continue;
+      }
+      try {
+        verify_checkpoint(dir);
+        ++kept;
+      } catch (const InputError& e) {
+        std::fprintf(stderr, "kiln: warning: removing corrupt checkpoint %s: %s\n", dir.c_str(), e.what());
+        retire(dir);
+      }
     }
   }
   // Leftovers of saves or prunes that a crash interrupted.

@@ -87,11 +87,22 @@ std::vector<std::pair<int64_t, std::string>> list_checkpoints(const std::string&
 ///   kiln: warning: skipping checkpoint DIR: WHY
 std::optional<std::string> find_latest_valid_checkpoint(const std::string& run_dir);
 
-/// Deletes all but the `keep_last` newest step directories (keep_last < 1
-/// keeps everything) and any temporary left by a process that no longer
-/// runs. Each victim is first renamed out of the step_ namespace so a crash
+/// Keeps the `keep_last` newest step directories that verify and deletes
+/// the others (keep_last < 1 keeps everything), plus any temporary left by a
+/// process that no longer runs. Corrupt checkpoints are not counted (so a
+/// run never trades a valid checkpoint for a corrupt one) and are deleted:
+/// nothing can resume from them. Verifying reads the files of the
+/// checkpoints it keeps (except `saved_step`'s).
+///
+/// `saved_step` >= 0 names the checkpoint the caller has just saved (and
+/// checksummed): it is always kept, and every step directory of a later step
+/// is deleted, because it belongs to the timeline this run abandoned (an
+/// explicit restart, or a resume that fell back past corrupt checkpoints)
+/// and resuming from it would splice two runs together.
+///
+/// Each victim is first renamed out of the step_ namespace so a crash
 /// mid-delete never leaves a half-deleted "checkpoint". Returns how many
 /// step directories were removed.
-int prune_checkpoints(const std::string& run_dir, int keep_last);
+int prune_checkpoints(const std::string& run_dir, int keep_last, int64_t saved_step = -1);
 
 }  // namespace kiln

@@ -17,7 +17,6 @@
 #include "runtime/stream.h"
 #include "trainers/checkpoint.h"
 #include "trainers/grad_reducer.h"
-#include "trainers/lora_checkpoint.h"
 #include "trainers/metrics.h"
 #include "trainers/models.h"
 #include "trainers/run_checkpoint.h"
@@ -181,6 +180,18 @@ class StepRecords {
   int64_t first_ = 0;              // steps done before the first pending one
 };
 
+// A checkpoint read back: the weights are already in the model, the rest
+// waits for apply_resumed. A candidate that fails to load may leave some of
+// its weights (or data position) behind; the next candidate overwrites all
+// of them, since it loads every tensor and the whole state.
+struct Resumed {
+  std::string dir;
+  std::map<std::string, Tensor> opt_state;
+  int64_t step = 0, optimizer_steps = 0;
+  uint64_t rng_seed = 0, rng_offset = 0;
+  nlohmann::json data, state;
+};
+
 // One training run: set-up, resume, the step loop and its cadences, the
 // final evaluation. Each piece is one method.
 class Run {
@@ -191,6 +202,8 @@ class Run {
  private:
   void announce() const;
   void resume();
+  Resumed read_resumed(const std::string& dir);
+  void apply_resumed(const Resumed& r);
   void broadcast_initial_state();
   void start_reporting();
   void train_step(int64_t step);
@@ -223,10 +236,10 @@ class Run {
   std::unique_ptr<StepGuard> guard_;
   std::unique_ptr<StepRecords> records_;
   std::unique_ptr<nn::LrSchedule> schedule_;
-  std::unique_ptr<LoraRun> lora_;  // lora.enabled: the adapters and the base they train on
   uint64_t base_seed_ = 0;
   int64_t steps_per_epoch_ = 0, total_steps_ = 0, start_step_ = 0;
   int64_t optimizer_steps_ = 0;  // updates applied, as of the last read window
+  nlohmann::json resumed_state_;  // state.json of the checkpoint resumed from
 
   std::unique_ptr<MetricsWriter> metrics_;
   std::unique_ptr<ConsoleReporter> progress_;
@@ -244,15 +257,13 @@ Run::Run(const TrainConfig& cfg, const TrainOptions& topt, const TaskContext& ct
   if (cfg.precision == Precision::bf16 && !ctx_.device.is_cuda() && root_)
     std::fprintf(stderr, "kiln: precision bf16 runs as fp32 on the CPU\n");
   check_init_from(cfg);  // a typo stops before any data is built
-  if (root_) {
-    std::filesystem::create_directories(run_dir_);
-    write_file_atomic(run_dir_ + "/config.yaml", to_yaml(cfg));
-  }
+  // Nothing is written to the run directory until the run really starts
+  // (start_reporting): a config, data or checkpoint error found while the
+  // run is being set up leaves no directory behind.
 
   task_ = topt.make_task ? topt.make_task(cfg, ctx_) : make_task(cfg, ctx_);
   model_ = &task_->model();
   apply_init_from(cfg, *model_);
-  if (cfg.lora.enabled) lora_ = setup_lora(cfg, *model_, task_->rng());  // freezes the base, attaches adapters
   model_->to(ctx_.device, DType::f32, ctx_.compute);
   trainable_ = model_->trainable_parameters();
   base_seed_ = task_->rng().seed;
@@ -300,11 +311,6 @@ void Run::announce() const {
                ctx_.device.str().c_str(), ctx_.compute == DType::bf16 ? "bf16" : "fp32",
                model_->describe().c_str(), static_cast<long long>(model_->num_trainable_parameters()),
                static_cast<long long>(model_->num_parameters()));
-  if (lora_) {
-    int64_t state_bytes = 0;
-    for (const auto& st : optimizer_->state()) state_bytes += static_cast<int64_t>(st.second.nbytes());
-    std::fprintf(stderr, "kiln: %s\n", describe_lora(*lora_, *model_, state_bytes).c_str());
-  }
   std::fprintf(stderr, "kiln: data: %s\n", task_->describe_data().c_str());
   if (reducer_)
     std::fprintf(stderr, "kiln: data parallel: %d process%s (%s), %s\n", world, world == 1 ? "" : "es",
@@ -317,43 +323,104 @@ void Run::announce() const {
                static_cast<long long>(steps_per_epoch_), static_cast<long long>(total_steps_), run_dir_.c_str());
 }
 
-// Rank 0 picks the checkpoint; every rank reads it (full weights, buffers
-// and optimizer state, whatever process count wrote it).
-void Run::resume() {
-  if (cfg_.train.resume == "none") return;
-  std::string dir;
-  if (root_) {
-    if (cfg_.train.resume == "auto") dir = find_latest_valid_checkpoint(run_dir_).value_or("");
-    else dir = cfg_.train.resume;
-  }
-  comm_.broadcast_string(dir, 0, "resume checkpoint path");
-  if (dir.empty()) {
-    if (cfg_.train.resume != "auto") throw InputError("train.resume: no checkpoint at '" + cfg_.train.resume + "'");
-    return;
-  }
-  Checkpoint ck = load_checkpoint(dir);
-  load_model_state(ck, *model_);
+Resumed Run::read_resumed(const std::string& dir) {
+  Resumed r;
+  r.dir = dir;
+  Checkpoint ck = load_checkpoint(dir);  // sizes, CRC-32s, headers
+  load_model_state(ck, *model_);         // every tensor by name, shapes checked
   std::vector<std::pair<std::string, Shape>> layout;
   if (reducer_) layout = reducer_->state_layout(oopt_);
   else
     for (auto& [name, t] : optimizer_->state()) layout.emplace_back(name, t.shape());
-  std::map<std::string, Tensor> opt_state;
   for (auto& [name, shape] : layout) {
     Tensor host = Tensor::empty(shape, DType::f32, Device::cpu(), name);
     load_into(ck.optimizer, name, host);  // shape and dtype checked, named in errors
-    opt_state[name] = host;
+    r.opt_state[name] = host;
   }
   const nlohmann::json& s = ck.state;
-  start_step_ = s.at("step").get<int64_t>();
-  optimizer_steps_ = s.at("optimizer_steps").get<int64_t>();
-  if (reducer_) reducer_->load_state(*optimizer_, opt_state, optimizer_steps_);
-  else optimizer_->load_state(opt_state, optimizer_steps_);
-  base_seed_ = s.at("rng_seed").get<uint64_t>();
+  const std::string where = dir + "/" + kCheckpointState;
+  auto field = [&](const char* key) -> const nlohmann::json& {
+    KILN_INPUT_CHECK(s.contains(key), where << ": \"" << key << "\" is missing");
+    return s[key];
+  };
+  auto integer = [&](const char* key) {
+    const nlohmann::json& v = field(key);
+    KILN_INPUT_CHECK(v.is_number_integer(), where << ": \"" << key << "\" is not an integer: " << v.dump());
+    return v;
+  };
+  r.step = integer("step").get<int64_t>();
+  r.optimizer_steps = integer("optimizer_steps").get<int64_t>();
+  KILN_INPUT_CHECK(r.optimizer_steps >= 0 && r.optimizer_steps <= r.step,
+                   where << ": \"optimizer_steps\" " << r.optimizer_steps << " is not in [0, step " << r.step << "]");
+  r.rng_seed = integer("rng_seed").get<uint64_t>();
+  r.rng_offset = integer("rng_offset").get<uint64_t>();
+  r.data = field("data");
+  r.state = s;
+  return r;
+}
+
+void Run::apply_resumed(const Resumed& r) {
+  start_step_ = r.step;
+  optimizer_steps_ = r.optimizer_steps;
+  if (reducer_) reducer_->load_state(*optimizer_, r.opt_state, optimizer_steps_);
+  else optimizer_->load_state(r.opt_state, optimizer_steps_);
+  base_seed_ = r.rng_seed;
   task_->rng().seed = rank_seed(base_seed_, ctx_.rank);
-  task_->rng().offset = s.at("rng_offset").get<uint64_t>();
-  task_->restore_data_state(s.at("data"));
-  if (!root_) return;
+  task_->rng().offset = r.rng_offset;
+  task_->restore_data_state(r.data);
+  resumed_state_ = r.state;
+}
+
+// Rank 0 picks the checkpoint; every rank reads it (full weights, buffers
+// and optimizer state, whatever process count wrote it). With resume=auto,
+// rank 0 tries the checkpoints newest first and takes the first that loads
+// whole: a CRC mismatch and content that does not parse or fit the model
+// (an overflowing shape, a missing tensor or state field) are the same
+// failure and fall back to the previous checkpoint. When checkpoints exist
+// and none loads, the run stops (exit 2) naming each: starting over is
+// train.resume=none, never a silent step 0 that then overwrites the run.
+void Run::resume() {
+  if (cfg_.train.resume == "none") return;
+  const bool automatic = cfg_.train.resume == "auto";
+  std::string dir;
+  if (root_) {
+    if (!automatic) {
+      apply_resumed(read_resumed(cfg_.train.resume));  // the one asked for: its errors are the answer
+      dir = cfg_.train.resume;
+    } else {
+      const auto candidates = list_checkpoints(run_dir_);
+      std::vector<std::string> failures;
+      for (const auto& [step, candidate] : candidates) {
+        try {
+          apply_resumed(read_resumed(candidate));
+          dir = candidate;
+          break;
+        } catch (const OutOfMemory&) {
+          throw;  // says nothing about the checkpoint
+        } catch (const std::exception& e) {
+          std::fprintf(stderr, "kiln: warning: skipping checkpoint %s: %s\n", candidate.c_str(), e.what());
+          failures.push_back(std::filesystem::path(candidate).filename().string() + " (" + e.what() + ")");
+        }
+      }
+      if (dir.empty() && !candidates.empty()) {
+        std::ostringstream os;
+        os << "train.resume=auto: none of the " << candidates.size() << " checkpoint"
+           << (candidates.size() == 1 ? "" : "s") << " in " << checkpoints_root(run_dir_) << " loads: ";
+        for (size_t i = 0; i < failures.size(); ++i) os << (i ? "; " : "") << failures[i];
+        os << ". Nothing was changed; to start this run over from step 0 (replacing its metrics.jsonl and, as it "
+              "saves, these checkpoints) set train.resume=none, or give another output_dir";
+        throw InputError(os.str());
+      }
+    }
+  }
+  comm_.broadcast_string(dir, 0, "resume checkpoint path");
+  if (dir.empty()) return;  // resume=auto in a run directory without checkpoints: step 0
+  if (!root_) {
+    apply_resumed(read_resumed(dir));
+    return;
+  }
   std::fprintf(stderr, "kiln: resumed from %s at step %lld\n", dir.c_str(), static_cast<long long>(start_step_));
+  const nlohmann::json& s = resumed_state_;
   const int64_t ck_world = s.value("world", int64_t{1});
   const int64_t ck_global = s.value("global_batch", ctx_.plan.global);
   if (ck_world != ctx_.world || ck_global != ctx_.plan.global)
@@ -372,11 +439,17 @@ void Run::broadcast_initial_state() {
   model_->refresh_lowp();
 }
 
-// Only rank 0 writes metrics and talks.
+// Only rank 0 writes and talks. The run starts here: its directory and config.yaml are written, and
+// metrics.jsonl is replaced only by an explicit restart (train.resume=none);
+// a resumed run (resume=auto finding no checkpoint resumes at step 0) keeps
+// the lines up to its step.
 void Run::start_reporting() {
   report_.unit = std::string(task_->unit()) + "/s";
   if (!root_) return;
-  metrics_ = std::make_unique<MetricsWriter>(run_dir_ + "/metrics.jsonl", start_step_ > 0 ? start_step_ : -1);
+  std::filesystem::create_directories(run_dir_);
+  write_file_atomic(run_dir_ + "/config.yaml", to_yaml(cfg_));
+  metrics_ = std::make_unique<MetricsWriter>(run_dir_ + "/metrics.jsonl",
+                                             cfg_.train.resume == "none" ? -1 : start_step_);
   ConsoleReporter::Options ro;
   ro.total_steps = total_steps_;
   ro.log_every = cfg_.train.log_every;
@@ -531,10 +604,8 @@ void Run::save(int64_t step) {
   s["config"] = cfg_.name;
   s["world"] = ctx_.world;
   s["global_batch"] = ctx_.plan.global;
-  // A LoRA run saves its adapters, their optimizer state and the base's identity only.
-  const std::string dir = lora_ ? save_adapter_checkpoint(run_dir_, step, *model_, *lora_, state, s)
-                                : save_checkpoint(run_dir_, step, model_state(*model_), state, s);
-  prune_checkpoints(run_dir_, static_cast<int>(cfg_.train.keep_last));
+  const std::string dir = save_checkpoint(run_dir_, step, model_state(*model_), state, s);
+  prune_checkpoints(run_dir_, static_cast<int>(cfg_.train.keep_last), step);
   message("saved checkpoint " + dir);
 }
 

@@ -7,13 +7,17 @@
 
 #include <array>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
+#include <functional>
 #include <string>
 #include <vector>
 
+#include "data/crc32.h"
 #include "data/token_shard.h"
 #include "data/tokenizer.h"
 #include "tests/harness/temp_dir.h"
+#include "tests/trainers/run_checks.h"
 
 namespace kiln {
 namespace {
@@ -22,6 +26,7 @@ namespace fs = std::filesystem;
 
 const std::string kKiln = std::string(KILN_BINARY_DIR) + "/kiln";
 const std::string kGptTiny = std::string(KILN_SOURCE_DIR) + "/configs/gpt_tiny.yaml";
+const std::string kMlpTiny = std::string(KILN_SOURCE_DIR) + "/configs/mlp_tiny.yaml";
 
 struct CliRun {
   int status = -1;
@@ -111,6 +116,194 @@ TEST(Reliability, ShardIdOutsideTheVocabularyIsRefusedBeforeTraining) {
       << r.output;
   EXPECT_TRUE(has(r, "vocabulary of 512")) << r.output;
   EXPECT_FALSE(fs::exists(fs::path(run) / "checkpoints")) << "trained before refusing the shard:\n" << r.output;
+}
+
+// ---- items 1 and 2: corrupt checkpoints and resume=auto ----------------------
+
+// The tiny MLP (checkpoints every 10 steps) trained in `run` for `steps`
+// steps, keeping `keep` checkpoints; `extra` are more overrides.
+CliRun train_mlp(const std::string& run, int steps, int keep, const std::string& extra = "") {
+  return kiln("train '" + kMlpTiny + "' output_dir='" + run + "' train.max_steps=" + std::to_string(steps) +
+              " train.keep_last=" + std::to_string(keep) + " " + extra);
+}
+
+std::string step_dir(const std::string& run, int step) {
+  char name[32];
+  std::snprintf(name, sizeof name, "/checkpoints/step_%06d", step);
+  return run + name;
+}
+
+std::vector<int64_t> steps_on_disk(const std::string& run) {
+  std::vector<int64_t> out;
+  for (const auto& [step, dir] : list_checkpoints(run)) out.push_back(step);
+  return out;
+}
+
+// Flips one byte near the end of a file (tensor data): its CRC-32 no longer
+// matches the manifest.
+void flip_last_byte(const std::string& path) {
+  std::string b = test::read_file(path);
+  ASSERT_FALSE(b.empty()) << path;
+  b[b.size() - 3] = static_cast<char>(b[b.size() - 3] ^ 0x5a);
+  test::write_file(path, b);
+}
+
+// Replaces a checkpoint file and updates the manifest's size and CRC-32, so
+// the checkpoint verifies and only its content is wrong.
+void rewrite_verified(const std::string& dir, const std::string& name, const std::string& bytes) {
+  test::write_file(dir + "/" + name, bytes);
+  nlohmann::json m = nlohmann::json::parse(test::read_file(dir + "/" + kCheckpointManifest));
+  for (auto& f : m["files"])
+    if (f["name"] == name) {
+      f["size"] = bytes.size();
+      f["crc32"] = crc32_hex(crc32_of(bytes.data(), bytes.size()));
+    }
+  test::write_file(dir + "/" + kCheckpointManifest, m.dump(2) + "\n");
+}
+
+// A safetensors file's header (JSON) changed by `edit`, the data kept.
+std::string edit_safetensors_header(const std::string& file, const std::function<void(nlohmann::json&)>& edit) {
+  uint64_t n = 0;
+  std::memcpy(&n, file.data(), 8);  // little-endian header length
+  nlohmann::json h = nlohmann::json::parse(file.substr(8, n));
+  edit(h);
+  std::string header = h.dump();
+  while (header.size() % 8) header += ' ';
+  uint64_t m = header.size();
+  std::string out(8, '\0');
+  std::memcpy(&out[0], &m, 8);
+  return out + header + file.substr(8 + n);
+}
+
+// Item 1: every checkpoint fails its CRC. resume=auto used to warn, start at
+// step 0 with exit 0, truncate metrics.jsonl, and then prune the new valid
+// checkpoint while keeping the corrupt ones.
+TEST(Reliability, AllCheckpointsCorruptStopsResumeAutoAndChangesNothing) {
+  test::TempDir d;
+  const std::string run = d.file("run");
+  ASSERT_EQ(train_mlp(run, 40, 3).status, 0);
+  ASSERT_EQ(steps_on_disk(run), (std::vector<int64_t>{40, 30, 20}));
+  for (int s : {20, 30, 40}) flip_last_byte(step_dir(run, s) + "/" + kCheckpointWeights);
+  const std::string metrics = test::read_file(run + "/metrics.jsonl");
+  const std::string config = test::read_file(run + "/config.yaml");
+  ASSERT_FALSE(metrics.empty());
+
+  const CliRun r = train_mlp(run, 50, 3, "train.resume=auto");
+  EXPECT_EQ(r.status, 2) << r.output;
+  EXPECT_TRUE(has(r, "train.resume=auto: none of the 3 checkpoints in " + run + "/checkpoints loads")) << r.output;
+  for (const char* s : {"step_000020 (", "step_000030 (", "step_000040 ("}) EXPECT_TRUE(has(r, s)) << r.output;
+  EXPECT_TRUE(has(r, "does not match the manifest")) << r.output;
+  EXPECT_TRUE(has(r, "train.resume=none")) << r.output;
+  EXPECT_EQ(test::read_file(run + "/metrics.jsonl"), metrics) << "metrics.jsonl changed";
+  EXPECT_EQ(test::read_file(run + "/config.yaml"), config) << "config.yaml changed";
+  EXPECT_EQ(steps_on_disk(run), (std::vector<int64_t>{40, 30, 20}));
+
+  // Starting over is explicit. Its first checkpoint supersedes the abandoned
+  // timeline's (later steps, here all corrupt) and is never pruned for them.
+  const CliRun over = train_mlp(run, 15, 3, "train.resume=none");
+  ASSERT_EQ(over.status, 0) << over.output;
+  EXPECT_EQ(steps_on_disk(run), (std::vector<int64_t>{15, 10}));
+  const CliRun ev = kiln("eval '" + run + "'");
+  EXPECT_EQ(ev.status, 0) << ev.output;
+  EXPECT_TRUE(has(ev, "step_000015")) << ev.output;
+}
+
+// Item 1: keep_last counts verified checkpoints only.
+TEST(Reliability, PruningCountsOnlyVerifiedCheckpoints) {
+  test::TempDir d;
+  const std::string run = d.file("run");
+  ASSERT_EQ(train_mlp(run, 30, 3).status, 0);
+  ASSERT_EQ(steps_on_disk(run), (std::vector<int64_t>{30, 20, 10}));
+  flip_last_byte(step_dir(run, 20) + "/" + kCheckpointOptimizer);
+  const CliRun r = train_mlp(run, 40, 3, "train.resume=auto");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_TRUE(has(r, "resumed from " + step_dir(run, 30) + " at step 30")) << r.output;
+  // 40 (new), 30 and 10 verify; the corrupt 20 neither counts nor stays.
+  EXPECT_EQ(steps_on_disk(run), (std::vector<int64_t>{40, 30, 10}));
+  EXPECT_TRUE(has(r, "removing corrupt checkpoint " + step_dir(run, 20))) << r.output;
+}
+
+// Item 2: a checkpoint that verifies (manifest, sizes, CRC-32s) but whose
+// content does not load is skipped like a CRC mismatch, and the resumed run
+// equals the uninterrupted one (weights bit for bit, metrics line for line).
+TEST(Reliability, CheckpointWhoseContentDoesNotLoadFallsBackToThePreviousOne) {
+  test::TempDir d;
+  const std::string whole = d.file("whole");
+  ASSERT_EQ(train_mlp(whole, 50, 3).status, 0);
+
+  struct Mutation {
+    std::string label, file, why;  // why: what the warning must say
+    std::function<std::string(const std::string&)> edit;
+  };
+  const std::vector<Mutation> mutations = {
+      {"shape that overflows", kCheckpointWeights, "model.safetensors",
+       [](const std::string& f) {
+         return edit_safetensors_header(f, [](nlohmann::json& h) {
+           for (auto& [name, t] : h.items())
+             if (name != "__metadata__") {
+               t["shape"] = {4294967296LL, 4294967296LL, 4294967296LL};
+               break;
+             }
+         });
+       }},
+      {"tensor renamed", kCheckpointWeights, "no tensor 'layers.0.weight'",
+       [](const std::string& f) {
+         return edit_safetensors_header(f, [](nlohmann::json& h) {
+           h["layers.0.weightX"] = h["layers.0.weight"];
+           h.erase("layers.0.weight");
+         });
+       }},
+      {"optimizer state of the wrong shape", kCheckpointOptimizer, "optimizer.safetensors",
+       [](const std::string& f) {
+         return edit_safetensors_header(f, [](nlohmann::json& h) {
+           for (auto& [name, t] : h.items())
+             if (name != "__metadata__" && t["shape"].size() == 2) {
+               t["shape"] = {t["shape"][1], t["shape"][0]};
+               break;
+             }
+         });
+       }},
+      {"state without optimizer_steps", kCheckpointState, "\"optimizer_steps\" is missing",
+       [](const std::string& f) {
+         nlohmann::json s = nlohmann::json::parse(f);
+         s.erase("optimizer_steps");
+         return s.dump(2) + "\n";
+       }},
+  };
+  for (const Mutation& m : mutations) {
+    SCOPED_TRACE(m.label);
+    const std::string run = d.file("run_" + std::to_string(&m - mutations.data()));
+    // The whole run again (the schedule depends on its length); then it is
+    // as if it had been killed after step 40 had been saved.
+    ASSERT_EQ(train_mlp(run, 50, 3).status, 0);
+    fs::remove_all(step_dir(run, 50));
+    const std::string newest = step_dir(run, 40);
+    rewrite_verified(newest, m.file, m.edit(test::read_file(newest + "/" + m.file)));
+    ASSERT_NO_THROW(verify_checkpoint(newest));  // only the content is wrong
+
+    const CliRun r = train_mlp(run, 50, 3, "train.resume=auto");
+    ASSERT_EQ(r.status, 0) << r.output;
+    EXPECT_TRUE(has(r, "skipping checkpoint " + newest + ": ")) << r.output;
+    EXPECT_TRUE(has(r, m.why)) << r.output;
+    EXPECT_TRUE(has(r, "resumed from " + step_dir(run, 30) + " at step 30")) << r.output;
+    EXPECT_EQ(test::final_weights(run), test::final_weights(whole));
+    EXPECT_EQ(test::deterministic_metrics(run), test::deterministic_metrics(whole));
+    EXPECT_EQ(steps_on_disk(run), (std::vector<int64_t>{50, 40, 30}));
+    EXPECT_NO_THROW(verify_checkpoint(newest));  // saved again, whole
+  }
+}
+
+// ---- item 8c: an error found while setting the run up writes nothing --------
+
+TEST(Reliability, SetUpErrorLeavesNoRunDirectory) {
+  test::TempDir d;
+  const std::string run = d.file("run");
+  // The data decides this one (57000 training images): found after the
+  // config was read and the data loaded.
+  const CliRun r = kiln("train '" + kMlpTiny + "' output_dir='" + run + "' train.batch_size=60000 train.max_steps=0 train.epochs=1");
+  EXPECT_EQ(r.status, 2) << r.output;
+  EXPECT_TRUE(has(r, "57000 samples do not fill one global batch of 60000")) << r.output;
+  EXPECT_FALSE(fs::exists(run)) << "a failed set-up left " << run;
 }
 
 // ---- item 8a: YAML nested too deep ----------------------------------------

@@ -17,6 +17,7 @@
 #include "runtime/stream.h"
 #include "trainers/checkpoint.h"
 #include "trainers/grad_reducer.h"
+#include "trainers/lora_checkpoint.h"
 #include "trainers/metrics.h"
 #include "trainers/models.h"
 #include "trainers/run_checkpoint.h"
@@ -236,6 +237,7 @@ class Run {
   std::unique_ptr<StepGuard> guard_;
   std::unique_ptr<StepRecords> records_;
   std::unique_ptr<nn::LrSchedule> schedule_;
+  std::unique_ptr<LoraRun> lora_;  // lora.enabled: the adapters and the base they train on
   uint64_t base_seed_ = 0;
   int64_t steps_per_epoch_ = 0, total_steps_ = 0, start_step_ = 0;
   int64_t optimizer_steps_ = 0;  // updates applied, as of the last read window
@@ -264,6 +266,7 @@ Run::Run(const TrainConfig& cfg, const TrainOptions& topt, const TaskContext& ct
   task_ = topt.make_task ? topt.make_task(cfg, ctx_) : make_task(cfg, ctx_);
   model_ = &task_->model();
   apply_init_from(cfg, *model_);
+  if (cfg.lora.enabled) lora_ = setup_lora(cfg, *model_, task_->rng());  // freezes the base, attaches adapters
   model_->to(ctx_.device, DType::f32, ctx_.compute);
   trainable_ = model_->trainable_parameters();
   base_seed_ = task_->rng().seed;
@@ -311,6 +314,11 @@ void Run::announce() const {
                ctx_.device.str().c_str(), ctx_.compute == DType::bf16 ? "bf16" : "fp32",
                model_->describe().c_str(), static_cast<long long>(model_->num_trainable_parameters()),
                static_cast<long long>(model_->num_parameters()));
+  if (lora_) {
+    int64_t state_bytes = 0;
+    for (const auto& st : optimizer_->state()) state_bytes += static_cast<int64_t>(st.second.nbytes());
+    std::fprintf(stderr, "kiln: %s\n", describe_lora(*lora_, *model_, state_bytes).c_str());
+  }
   std::fprintf(stderr, "kiln: data: %s\n", task_->describe_data().c_str());
   if (reducer_)
     std::fprintf(stderr, "kiln: data parallel: %d process%s (%s), %s\n", world, world == 1 ? "" : "es",
@@ -604,7 +612,9 @@ void Run::save(int64_t step) {
   s["config"] = cfg_.name;
   s["world"] = ctx_.world;
   s["global_batch"] = ctx_.plan.global;
-  const std::string dir = save_checkpoint(run_dir_, step, model_state(*model_), state, s);
+  // A LoRA run saves its adapters, their optimizer state and the base's identity only.
+  const std::string dir = lora_ ? save_adapter_checkpoint(run_dir_, step, *model_, *lora_, state, s)
+                                : save_checkpoint(run_dir_, step, model_state(*model_), state, s);
   prune_checkpoints(run_dir_, static_cast<int>(cfg_.train.keep_last), step);
   message("saved checkpoint " + dir);
 }

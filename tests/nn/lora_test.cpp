@@ -196,6 +196,40 @@ std::map<std::string, std::vector<float>> snapshot(nn::Module& m, bool adapters)
   return out;
 }
 
+TEST(Lora, GptAdapterGradientsFiniteDifferences) {
+  // The adapters inside a whole GPT (attention and MLP projections, frozen
+  // base): dA and dB of every layer against central differences in f64.
+  nn::Gpt gpt(tiny_gpt_options(), make_rng(1));
+  nn::LoraOptions o;
+  o.rank = 2;
+  o.alpha = 4.0f;
+  nn::attach_lora(gpt, {"all-linear"}, o, make_rng(1), 5);
+  uint64_t seed = 300;
+  for (auto& [name, ad] : nn::named_adapters(gpt)) randomize(ad->lora_B().value, seed++, -0.3f, 0.3f);
+  gpt.to(Device::cpu(), DType::f64, DType::f64);
+  Tensor t = tokens(2, 6, 41, 8);
+  Tensor y = gpt.forward(t);
+  const std::vector<double> w = random_uniform_f64(static_cast<size_t>(y.numel()), 0x61);
+  gpt.zero_grad();
+  gpt.backward(from_f64(w, y.shape()));
+  GradCheckOptions opt;
+  opt.rtol = 1e-5;
+  opt.atol = 1e-8;
+  opt.max_checks = 40;
+  const auto trainable = gpt.trainable_parameters();
+  EXPECT_EQ(trainable.size(), 16u);
+  for (nn::Parameter* p : trainable) {
+    const std::vector<double> p0 = p->value.to_vector_f64();
+    auto lp = [&](const std::vector<double>& pv) {
+      std::copy(pv.begin(), pv.end(), p->value.data<double>());
+      const double l = weighted_sum(gpt.forward(t), w);
+      std::copy(p0.begin(), p0.end(), p->value.data<double>());
+      return l;
+    };
+    EXPECT_TRUE(check_gradient(lp, p0, p->grad.to_vector_f64(), "gpt d/d" + p->name, opt));
+  }
+}
+
 TEST(Lora, FreshAdapterChangesNothing) {
   nn::Gpt gpt(tiny_gpt_options(), make_rng(1));
   gpt.eval();

@@ -132,12 +132,12 @@ const std::vector<KeyClass>& table() {
       {"dist.bucket_mb", How::elsewhere, "tests/trainers/grad_reducer_test.cpp", "bucket_mb"},
       {"dist.on_nonfinite", How::elsewhere, "tests/dist/data_parallel_test.cpp", "dist.on_nonfinite=skip"},
       {"dist.timeout_s", How::elsewhere, "tests/dist/fault_test.cpp", "timeout"},
-      // LoRA: not built
-      {"lora.enabled", How::refused, "gpt", "lora.enabled=true"},
-      {"lora.rank", How::refused, "gpt", "lora.rank=4"},
-      {"lora.alpha", How::refused, "gpt", "lora.alpha=8"},
-      {"lora.targets", How::refused, "gpt", "lora.targets=[attn.c_attn]"},
-      {"lora.dropout", How::refused, "gpt", "lora.dropout=0.1"},
+      // LoRA: each key's effect through the kiln binary
+      {"lora.enabled", How::elsewhere, "tests/trainers/lora_train_test.cpp", "lora.enabled=true"},
+      {"lora.rank", How::elsewhere, "tests/trainers/lora_train_test.cpp", "lora.rank=2"},
+      {"lora.alpha", How::elsewhere, "tests/trainers/lora_train_test.cpp", "lora.alpha=2"},
+      {"lora.targets", How::elsewhere, "tests/trainers/lora_train_test.cpp", "lora.targets=[mlp.c_fc]"},
+      {"lora.dropout", How::elsewhere, "tests/trainers/lora_train_test.cpp", "lora.dropout=0.2"},
       // reporting
       {"mfu.peak_tflops", How::effect, "", "mfu.peak_tflops=1"},
   };

@@ -292,6 +292,12 @@ def run_dtype(args, case_name, dtype, work):
     loss_fn = getattr(mod, "loss", default_loss)
     params = dict(model.named_parameters())
     peak_lr = case["schedule"]["lr"]
+    # Frozen tensors (LoRA's base): no gradient on either side, never updated.
+    trainable = {p["name"] for p in case["params"] if p.get("trainable", True)}
+    torch_trainable = {n for n in names if params[n].requires_grad}
+    report.check("trainable set", trainable == torch_trainable,
+                 f"{len(trainable)} of {len(names)} tensors train" if trainable == torch_trainable else
+                 f"only kiln trains {sorted(trainable - torch_trainable)}; only torch {sorted(torch_trainable - trainable)}")
 
     def tol(kind):
         return tolerance(kind, dtype, peak_lr)
@@ -319,8 +325,8 @@ def run_dtype(args, case_name, dtype, work):
                  f"misses {sorted(want - kiln_decay)}")
 
     wd = f32(opt_cfg["weight_decay"])
-    groups = [{"params": [params[n] for n in names if n in want], "weight_decay": wd},
-              {"params": [params[n] for n in names if n not in want], "weight_decay": 0.0}]
+    groups = [{"params": [params[n] for n in names if n in want and n in trainable], "weight_decay": wd},
+              {"params": [params[n] for n in names if n not in want and n in trainable], "weight_decay": 0.0}]
     groups = [g for g in groups if g["params"]]
     # kiln hands its optimizer kernel float lr, betas, eps and decay
     # (kernels/optimizer.h); the reference gets the same float values.
@@ -338,7 +344,15 @@ def run_dtype(args, case_name, dtype, work):
         if step == 0:
             report.compare("logits", klog["logits"], logits.detach(), tol("logits"))
             report.compare("loss", [steps[0]["loss"]], [loss.item()], tol("loss"))
+            frozen = [n for n in names if n not in trainable]
+            if frozen:
+                bad = [n for n in frozen if n in kgrad or params[n].grad is not None]
+                report.check("frozen tensors have no gradient", not bad,
+                             f"{len(frozen)} frozen, none with a gradient on either side" if not bad else
+                             f"gradients for frozen {bad}")
             for n in names:
+                if n not in trainable:
+                    continue
                 if n not in kgrad:
                     report.check(f"grad {n}", False, "kiln wrote no gradient for it")
                     continue
@@ -359,7 +373,8 @@ def run_dtype(args, case_name, dtype, work):
             # factor: clip_grad_norm_'s double factor times f32(c)/c.
             with torch.no_grad():
                 for p in model.parameters():
-                    p.grad.mul_(f32(scale) / scale)
+                    if p.grad is not None:  # frozen tensors have none
+                        p.grad.mul_(f32(scale) / scale)
         t_lr.append(lr)
         t_loss.append(loss.item())
         t_norm.append(norm)

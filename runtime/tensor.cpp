@@ -169,7 +169,12 @@ Tensor Tensor::empty(const Shape& shape, DType dtype, Device device, const std::
   t.storage_ = std::make_shared<Storage>();
   t.storage_->device = device;
   t.storage_->bytes = static_cast<size_t>(n * esize);
-  t.storage_->ptr = allocator_for(device).allocate(t.storage_->bytes, compute_stream(device));
+  try {
+    t.storage_->ptr = allocator_for(device).allocate(t.storage_->bytes, compute_stream(device));
+  } catch (const OutOfMemory& e) {
+    // The allocator knows sizes, not purposes: say which tensor it was.
+    throw OutOfMemory(what + " " + shape.str() + " " + dtype_name(dtype) + ": " + e.what());
+  }
   t.shape_ = shape;
   t.numel_ = n;
   t.dtype_ = dtype;

@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <mutex>
 #include <set>
+#include <sstream>
 
 #include "data/safetensors.h"
 #include "data/safetensors_tensor.h"
@@ -16,6 +17,7 @@
 #include "nn/resnet.h"
 #include "nn/vit.h"
 #include "runtime/device.h"
+#include "trainers/memory_estimate.h"
 #include "trainers/run_checkpoint.h"
 
 namespace kiln {
@@ -38,7 +40,7 @@ nn::GptOptions gpt_options(const TrainConfig& cfg) {
 
 namespace {
 
-BuiltModel build_mlp(const TrainConfig& cfg, const DataShape& shape, std::shared_ptr<nn::RngStream> rng) {
+nn::MlpOptions mlp_options(const TrainConfig& cfg, const DataShape& shape) {
   const MlpConfig& c = cfg.model.mlp;
   nn::MlpOptions o;
   o.in = shape.image.pixels();
@@ -47,14 +49,18 @@ BuiltModel build_mlp(const TrainConfig& cfg, const DataShape& shape, std::shared
   o.activation = c.activation == Activation::gelu ? nn::ActivationKind::gelu : nn::ActivationKind::relu;
   o.dropout = static_cast<float>(c.dropout);
   o.seed = cfg.seed;
-  auto m = std::make_unique<nn::Mlp>(o, std::move(rng));
+  return o;
+}
+
+BuiltModel build_mlp(const TrainConfig& cfg, const DataShape& shape, std::shared_ptr<nn::RngStream> rng) {
+  auto m = std::make_unique<nn::Mlp>(mlp_options(cfg, shape), std::move(rng));
   BuiltModel b;
   b.train_flops_per_example = m->train_flops_per_example();
   b.module = std::move(m);
   return b;
 }
 
-BuiltModel build_cnn(const TrainConfig& cfg, const DataShape& shape, std::shared_ptr<nn::RngStream> rng) {
+nn::CnnOptions cnn_options(const TrainConfig& cfg, const DataShape& shape) {
   const CnnConfig& c = cfg.model.cnn;
   nn::CnnOptions o;
   o.in_channels = shape.image.C;
@@ -70,14 +76,18 @@ BuiltModel build_cnn(const TrainConfig& cfg, const DataShape& shape, std::shared
   o.dropout = static_cast<float>(c.dropout);
   o.bn_momentum = static_cast<float>(c.bn_momentum);
   o.seed = cfg.seed;
-  auto m = std::make_unique<nn::Cnn>(o, std::move(rng));
+  return o;
+}
+
+BuiltModel build_cnn(const TrainConfig& cfg, const DataShape& shape, std::shared_ptr<nn::RngStream> rng) {
+  auto m = std::make_unique<nn::Cnn>(cnn_options(cfg, shape), std::move(rng));
   BuiltModel b;
   b.train_flops_per_example = m->train_flops_per_example();
   b.module = std::move(m);
   return b;
 }
 
-BuiltModel build_resnet(const TrainConfig& cfg, const DataShape& shape, std::shared_ptr<nn::RngStream>) {
+nn::ResNetOptions resnet_options(const TrainConfig& cfg, const DataShape& shape) {
   const ResNetConfig& c = cfg.model.resnet;
   nn::ResNetOptions o;
   o.in_channels = shape.image.C;
@@ -89,7 +99,11 @@ BuiltModel build_resnet(const TrainConfig& cfg, const DataShape& shape, std::sha
   o.zero_init_residual = c.zero_init_residual;
   o.bn_momentum = static_cast<float>(c.bn_momentum);
   o.seed = cfg.seed;
-  auto m = std::make_unique<nn::ResNet>(o);
+  return o;
+}
+
+BuiltModel build_resnet(const TrainConfig& cfg, const DataShape& shape, std::shared_ptr<nn::RngStream>) {
+  auto m = std::make_unique<nn::ResNet>(resnet_options(cfg, shape));
   BuiltModel b;
   b.train_flops_per_example = m->train_flops_per_example();
   b.module = std::move(m);
@@ -112,7 +126,7 @@ BuiltModel build_gpt(const TrainConfig& cfg, const DataShape& shape, std::shared
   return b;
 }
 
-BuiltModel build_vit(const TrainConfig& cfg, const DataShape& shape, std::shared_ptr<nn::RngStream> rng) {
+nn::VitOptions vit_options(const TrainConfig& cfg, const DataShape& shape) {
   const VitConfig& c = cfg.model.vit;
   nn::VitOptions o;
   o.image_h = shape.image.H;
@@ -131,11 +145,183 @@ BuiltModel build_vit(const TrainConfig& cfg, const DataShape& shape, std::shared
   // a run that will use the GPU needs a head dimension its attention takes.
   const bool cuda = cfg.device == "cuda" || (cfg.device == "auto" && cuda_available());
   nn::check_vit_options(o, cuda, "model.vit.");
-  auto m = std::make_unique<nn::Vit>(o, std::move(rng));
+  return o;
+}
+
+BuiltModel build_vit(const TrainConfig& cfg, const DataShape& shape, std::shared_ptr<nn::RngStream> rng) {
+  auto m = std::make_unique<nn::Vit>(vit_options(cfg, shape), std::move(rng));
   BuiltModel b;
   b.train_flops_per_example = m->train_flops_per_example();
   b.module = std::move(m);
   return b;
+}
+
+// --- size hooks (ModelSpec::size) --------------------------------------------------
+// Each mirrors its model's constructor: the parameter count is exact (the
+// registry test compares it with the built module's), the activations are the
+// values the training forward keeps for backward, per example.
+
+std::string int_list(const std::vector<int64_t>& v) {
+  std::ostringstream os;
+  os << "[";
+  for (size_t i = 0; i < v.size(); ++i) os << (i ? ", " : "") << v[i];
+  os << "]";
+  return os.str();
+}
+
+std::string batch_key(const TrainConfig& cfg) { return "train.batch_size=" + std::to_string(cfg.train.batch_size); }
+
+// Parameters of a Linear(in, out) (weight + bias); doubles so that absurd
+// sizes are reported rather than overflowed.
+double linear_params(double in, double out, bool bias) { return in * out + (bias ? out : 0.0); }
+
+// Pre-LN transformer block (ln_1, attention c_attn/c_proj, ln_2, MLP
+// c_fc/c_proj) of width C and MLP hidden H.
+double block_params(double C, double H, bool bias) {
+  return 2 * (C + (bias ? C : 0)) + linear_params(C, 3 * C, bias) + linear_params(C, C, bias) +
+         linear_params(C, H, bias) + linear_params(H, C, bias);
+}
+// Kept per token: ln_1 out, q/k/v, attention out (+ softmax statistics),
+// residual, ln_2 out, c_fc out, GELU out, two dropout outputs.
+double block_activations_per_token(double C, double H, double heads) { return 9 * C + 2 * H + heads; }
+
+// Counts in doubles, stored as int64 when they fit (INT64_MAX otherwise:
+// the bytes, computed from the double, are what the check reads).
+int64_t clamp_count(double n) { return n < 9.2e18 ? static_cast<int64_t>(n) : INT64_MAX; }
+
+ModelSize size_mlp(const TrainConfig& cfg, const DataShape& shape) {
+  const nn::MlpOptions o = mlp_options(cfg, shape);
+  ModelSize m;
+  double params = 0, act = static_cast<double>(o.in);
+  double width = static_cast<double>(o.in);
+  for (int64_t h : o.hidden) {
+    params += linear_params(width, static_cast<double>(h), true);
+    act += static_cast<double>(h) * (o.dropout > 0 ? 3 : 2);  // Linear out, activation out, dropout out
+    width = static_cast<double>(h);
+  }
+  params += linear_params(width, static_cast<double>(o.out), true);
+  act += 2.0 * static_cast<double>(o.out);  // logits and their gradient
+  m.parameters = clamp_count(params);
+  m.activations_per_example = act;
+  m.keys = "model.mlp.hidden=" + int_list(o.hidden) + " (on " + std::to_string(o.in) + " inputs, " +
+           std::to_string(o.out) + " classes), " + batch_key(cfg);
+  return m;
+}
+
+ModelSize size_gpt(const TrainConfig& cfg, const DataShape& shape) {
+  const GptConfig& g = cfg.model.gpt;
+  const double C = static_cast<double>(g.n_embd), L = static_cast<double>(g.n_layer);
+  const double Vp = static_cast<double>(nn::padded_vocab_size(g.vocab_size));
+  const double T = static_cast<double>(shape.tokens.context > 0 ? shape.tokens.context : g.block_size);
+  ModelSize m;
+  // wte (padded rows; the LM head shares it), wpe, the blocks, ln_f.
+  const double params = Vp * C + static_cast<double>(g.block_size) * C + L * block_params(C, 4 * C, g.bias) +
+                        C + (g.bias ? C : 0);
+  m.parameters = clamp_count(params);
+  // Per sequence: every block's tensors, the embedding output and ln_f's,
+  // the logits and their gradient (padded width).
+  m.activations_per_example =
+      T * (L * block_activations_per_token(C, 4 * C, static_cast<double>(g.n_head)) + 2 * C + 2 * Vp);
+  m.keys = "model.gpt.n_layer=" + std::to_string(g.n_layer) + ", model.gpt.n_embd=" + std::to_string(g.n_embd) +
+           ", model.gpt.vocab_size=" + std::to_string(g.vocab_size) + ", model.gpt.block_size=" +
+           std::to_string(g.block_size) + ", " + batch_key(cfg);
+  return m;
+}
+
+ModelSize size_vit(const TrainConfig& cfg, const DataShape& shape) {
+  const nn::VitOptions o = vit_options(cfg, shape);
+  const double d = static_cast<double>(o.dim), h = static_cast<double>(o.mlp_hidden);
+  const double patch_in = static_cast<double>(o.patch * o.patch * o.channels);
+  const double N = static_cast<double>((o.image_h / o.patch) * (o.image_w / o.patch));
+  const double tokens = N + (o.pool == nn::VitPool::cls ? 1 : 0);
+  ModelSize m;
+  const double params = linear_params(patch_in, d, true) + (o.pool == nn::VitPool::cls ? d : 0) + tokens * d +
+                        static_cast<double>(o.depth) * block_params(d, h, o.bias) + d + (o.bias ? d : 0) +
+                        linear_params(d, static_cast<double>(o.classes), true);
+  m.parameters = clamp_count(params);
+  m.activations_per_example =
+      N * patch_in +
+      tokens * (static_cast<double>(o.depth) * block_activations_per_token(d, h, static_cast<double>(o.heads)) + 2 * d) +
+      2.0 * static_cast<double>(o.classes);
+  m.keys = "model.vit.dim=" + std::to_string(o.dim) + ", model.vit.depth=" + std::to_string(o.depth) +
+           ", model.vit.mlp_ratio=" + std::to_string(cfg.model.vit.mlp_ratio) + ", model.vit.patch=" +
+           std::to_string(o.patch) + ", " + batch_key(cfg);
+  return m;
+}
+
+ModelSize size_cnn(const TrainConfig& cfg, const DataShape& shape) {
+  const nn::CnnOptions o = cnn_options(cfg, shape);
+  ModelSize m;
+  double params = 0, buffers = 0, act = 0;
+  double c = static_cast<double>(o.in_channels);
+  int64_t h = o.height, w = o.width;
+  const double k2 = static_cast<double>(o.kernel * o.kernel);
+  for (size_t st = 0; st < o.channels.size(); ++st) {
+    for (int64_t b = 0; b < o.blocks[st]; ++b) {
+      const double out = static_cast<double>(o.channels[st]);
+      params += out * c * k2 + 2 * out;  // conv (no bias) + BatchNorm weight, bias
+      buffers += 2 * out;                // running mean, variance
+      act += 3.0 * static_cast<double>(h * w) * out;  // conv out, BN out, ReLU out
+      c = out;
+    }
+    if (h >= 2 && w >= 2) {
+      h /= 2;
+      w /= 2;
+      act += static_cast<double>(h * w) * c;
+    }
+  }
+  double features = o.global_pool ? c : c * static_cast<double>(h * w);
+  if (o.hidden > 0) {
+    params += linear_params(features, static_cast<double>(o.hidden), true);
+    act += 3.0 * static_cast<double>(o.hidden);
+    features = static_cast<double>(o.hidden);
+  }
+  params += linear_params(features, static_cast<double>(o.classes), true);
+  act += static_cast<double>(o.height * o.width * o.in_channels) + 2.0 * static_cast<double>(o.classes);
+  m.parameters = clamp_count(params);
+  m.buffers = clamp_count(buffers);
+  m.activations_per_example = act;
+  m.keys = "model.cnn.channels=" + int_list(o.channels) + ", model.cnn.blocks=" + int_list(o.blocks) +
+           ", model.cnn.kernel=" + std::to_string(o.kernel) + ", model.cnn.hidden=" + std::to_string(o.hidden) +
+           ", " + batch_key(cfg);
+  return m;
+}
+
+ModelSize size_resnet(const TrainConfig& cfg, const DataShape& shape) {
+  const nn::ResNetOptions o = resnet_options(cfg, shape);
+  ModelSize m;
+  double params = 0, buffers = 0, act = 0;
+  int64_t h = o.height, w = o.width;
+  auto conv_bn = [&](double in, double out, double k) {
+    params += out * in * k * k + 2 * out;
+    buffers += 2 * out;
+  };
+  double c = static_cast<double>(o.channels[0]);
+  conv_bn(static_cast<double>(o.in_channels), c, 3);
+  act += static_cast<double>(o.height * o.width * o.in_channels) + 3.0 * static_cast<double>(h * w) * c;
+  for (size_t s = 0; s < o.channels.size(); ++s) {
+    const double out = static_cast<double>(o.channels[s]);
+    for (int64_t b = 0; b < o.blocks[s]; ++b) {
+      const int64_t stride = (s > 0 && b == 0) ? 2 : 1;
+      conv_bn(c, out, 3);
+      conv_bn(out, out, 3);
+      h = (h - 1) / stride + 1;
+      w = (w - 1) / stride + 1;
+      const bool projection = stride != 1 || c != out;
+      if (projection) conv_bn(c, out, 1);
+      // conv1, bn1, relu1, conv2, bn2, sum, relu2 (+ the projection's conv, bn)
+      act += (projection ? 9.0 : 7.0) * static_cast<double>(h * w) * out;
+      c = out;
+    }
+  }
+  params += linear_params(c, static_cast<double>(o.classes), true);
+  act += c + 2.0 * static_cast<double>(o.classes);
+  m.parameters = clamp_count(params);
+  m.buffers = clamp_count(buffers);
+  m.activations_per_example = act;
+  m.keys = "model.resnet.channels=" + int_list(o.channels) + ", model.resnet.blocks=" + int_list(o.blocks) + ", " +
+           batch_key(cfg);
+  return m;
 }
 
 // Hugging Face GPT-2 layout (Conv1D weights transposed, wte unpadded).
@@ -148,11 +334,11 @@ void gpt_init_from(nn::Module& model, const std::string& path) {
 // The built-in models: one line each.
 std::vector<ModelSpec> builtin_models() {
   return {
-      {"mlp", ModelInput::images, build_mlp, nullptr},
-      {"gpt", ModelInput::tokens, build_gpt, gpt_init_from},
-      {"vit", ModelInput::images, build_vit, nullptr},
-      {"cnn", ModelInput::images, build_cnn, nullptr},
-      {"resnet", ModelInput::images, build_resnet, nullptr},
+      {"mlp", ModelInput::images, build_mlp, nullptr, size_mlp},
+      {"gpt", ModelInput::tokens, build_gpt, gpt_init_from, size_gpt},
+      {"vit", ModelInput::images, build_vit, nullptr, size_vit},
+      {"cnn", ModelInput::images, build_cnn, nullptr, size_cnn},
+      {"resnet", ModelInput::images, build_resnet, nullptr, size_resnet},
   };
 }
 
@@ -215,8 +401,22 @@ BuiltModel build_model(const TrainConfig& cfg, const DataShape& shape, std::shar
                    "model.type: " << cfg.model.type << " reads "
                                   << (spec->input == ModelInput::images ? "images" : "tokens")
                                   << ", which data.type does not provide");
+  // A training run: its memory is checked before the factory allocates.
+  const TrainingMemoryCheck* memory = TrainingMemoryCheck::active();
+  if (memory && spec->size) memory->check(cfg, spec->size(cfg, shape));
   BuiltModel b = spec->build(cfg, shape, std::move(rng));
   KILN_CHECK(b.module, "model.type " << cfg.model.type << ": the factory built no module");
+  if (memory && !spec->size) {
+    // No hook: the parameters exist now, but gradients, optimizer state and
+    // activations do not yet.
+    ModelSize counted;
+    counted.parameters = b.module->num_parameters();
+    for (nn::Buffer* buf : b.module->buffers()) counted.buffers += buf->value.numel();
+    counted.activations_known = false;
+    counted.keys = "the model.type " + cfg.model.type + " section, train.batch_size=" +
+                   std::to_string(cfg.train.batch_size);
+    memory->check(cfg, counted);
+  }
   return b;
 }
 

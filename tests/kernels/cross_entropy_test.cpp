@@ -81,8 +81,9 @@ TEST(CrossEntropyCpu, LossIsMinusLogSoftmax) {
 }
 
 TEST(CrossEntropyCpu, GradientMatchesFiniteDifferences) {
-  for (auto [rows, V, Vp] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{
+  for (auto s : std::vector<std::tuple<int64_t, int64_t, int64_t>>{
            {1, 1, 1}, {1, 2, 2}, {3, 7, 8}, {6, 33, 128}, {4, 130, 256}}) {
+    const int64_t rows = std::get<0>(s), V = std::get<1>(s), Vp = std::get<2>(s);  // captured by lambdas (C++17: not as structured bindings)
     const std::vector<double> x = random_uniform_f64(rows * Vp, 10 + V, -3.0, 3.0);
     const std::vector<int32_t> targets = make_targets(rows, V, 11 + V, 3);
     const int64_t valid = cross_entropy_count_valid(targets.data(), rows);

@@ -92,7 +92,8 @@ TEST(SoftmaxCpu, FloatMatchesDouble) {
 }
 
 TEST(SoftmaxCpu, BackwardMatchesFiniteDifferences) {
-  for (auto [rows, C] : std::vector<std::pair<int64_t, int64_t>>{{1, 1}, {1, 2}, {2, 3}, {3, 7}, {2, 33}, {1, 257}}) {
+  for (auto rc : std::vector<std::pair<int64_t, int64_t>>{{1, 1}, {1, 2}, {2, 3}, {3, 7}, {2, 33}, {1, 257}}) {
+    const int64_t rows = rc.first, C = rc.second;  // lambdas capture these (not structured bindings: C++17)
     const std::vector<double> x = random_uniform_f64(rows * C, 40 + C, -3.0, 3.0),
                               u = random_uniform_f64(rows * C, 50 + C);
     auto loss = [&](const std::vector<double>& v) {

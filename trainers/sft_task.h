@@ -37,10 +37,11 @@
 // example, not padding); an "example" for the trainer's batch arithmetic is
 // a row.
 //
-// Evaluation: the completion loss over the split's rows (file order, at most
-// train.eval_batches batches during training, all at the end and in kiln
-// eval), and exact match by generation over sft.eval_examples prompts of
-// val and test (split over ranks).
+// Evaluation: the completion loss over the split's rows (file order; val at
+// most train.eval_batches batches, during training and at its end, as the
+// trainer asks for every task; test and kiln eval the whole split), and
+// exact match by generation over sft.eval_examples prompts of val and test
+// (split over ranks).
 //
 // Evaluation by generation (sft_exact_match): for each selected held-out
 // prompt, greedy decoding up to EOS (or sft.max_new_tokens), and the

@@ -163,7 +163,8 @@ void im2col(const Conv2dGeometry& g, const Plan& pl, const T* x, int64_t n0, int
             T* dst = rr + s * Cg;
             if (iw < 0 || iw >= g.w) std::fill(dst, dst + Cg, T(0));
             else if (Cg == 1) *dst = xn[ih * g.w * g.c + iw * g.c];
-            else std::memcpy(dst, xn + ih * g.w * g.c + iw * g.c, static_cast<size_t>(Cg) * sizeof(T));
+            else if (Cg > 1) std::memcpy(dst, xn + ih * g.w * g.c + iw * g.c, static_cast<size_t>(Cg) * sizeof(T));
+            // Cg == 0 (empty tensors): nothing to copy, and memcpy may not be given their null pointers.
           }
         }
       }

@@ -644,9 +644,12 @@ TrainResult Run::execute() {
     const bool eval = task_->has_split(Split::val) && every(t.eval_every, done) && !last;
     const bool samp = every(t.sample_every, done);
     const bool ckpt = every(t.checkpoint_every, done) && !last;
+    // The console prints the run's first step: read it, so the line shows
+    // its real loss (one device wait per run).
+    const bool first = done == start_step_ + 1;
     // Read points: whatever reports, evaluates or saves first sees every
     // step so far (and stops at a non-finite one with on_nonfinite: stop).
-    if (log || eval || samp || ckpt || records_->full() || topt_.after_step) read_window();
+    if (first || log || eval || samp || ckpt || records_->full() || topt_.after_step) read_window();
     if (log) log_window(done);
     report_.step = done;
     report_.lr = window_lr_;

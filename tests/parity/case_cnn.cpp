@@ -48,17 +48,7 @@ Batch image_batch(int64_t h, int64_t w, int64_t c, int64_t classes, uint64_t see
 // AdamW with warm-up + cosine, as the other cases.
 void train_settings(Case& c) {
   c.init_noise = 0.1f;
-  c.optim.kind = nn::OptimizerKind::adamw;
-  c.optim.weight_decay = 0.05;
-  c.optim.beta1 = 0.9;
-  c.optim.beta2 = 0.999;
-  c.optim.eps = 1e-8;
-  c.optim.no_decay_on_bias_and_norm = true;
-  c.schedule.type = nn::ScheduleType::cosine;
-  c.schedule.lr = 1e-2;
-  c.schedule.warmup_steps = 3;
-  c.schedule.total_steps = 10;
-  c.schedule.min_lr_ratio = 0.1;
+  adamw_ten_steps(c, 0.05, 0.999);
   c.after_training = write_buffers;
 }
 

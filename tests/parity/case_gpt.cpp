@@ -65,17 +65,7 @@ Case gpt_case() {
   c.fix_param = [o](const nn::Parameter& p, std::vector<float>& v) {
     if (p.name == "wte.weight") std::fill(v.begin() + o.vocab_size * o.n_embd, v.end(), 0.0f);  // padded rows
   };
-  c.optim.kind = nn::OptimizerKind::adamw;
-  c.optim.weight_decay = 0.1;
-  c.optim.beta1 = 0.9;
-  c.optim.beta2 = 0.95;
-  c.optim.eps = 1e-8;
-  c.optim.no_decay_on_bias_and_norm = true;
-  c.schedule.type = nn::ScheduleType::cosine;
-  c.schedule.lr = 1e-2;
-  c.schedule.warmup_steps = 3;
-  c.schedule.total_steps = 10;
-  c.schedule.min_lr_ratio = 0.1;
+  adamw_ten_steps(c, 0.1, 0.95);
   c.max_norm = 1.5;  // norms run 3.6..1.0 over the 10 steps: the first six clip
   c.after_training = [](nn::Module& m, DType master, const std::string& dir, nlohmann::json& extra) {
     if (master != DType::f32) return;  // the export is of fp32 masters (what users train and export)

@@ -46,17 +46,8 @@ Case mlp_case(const std::string& name, nn::ActivationKind act, bool no_decay_on_
     return b;
   };
   c.init_noise = 0.1f;
-  c.optim.kind = nn::OptimizerKind::adamw;
-  c.optim.weight_decay = 0.1;
-  c.optim.beta1 = 0.9;
-  c.optim.beta2 = 0.95;
+  adamw_ten_steps(c, 0.1, 0.95, no_decay_on_bias);
   c.optim.eps = act == nn::ActivationKind::relu ? 1e-6 : 1e-8;
-  c.optim.no_decay_on_bias_and_norm = no_decay_on_bias;
-  c.schedule.type = nn::ScheduleType::cosine;
-  c.schedule.lr = 1e-2;
-  c.schedule.warmup_steps = 3;
-  c.schedule.total_steps = 10;
-  c.schedule.min_lr_ratio = 0.1;
   // Gradient norms run 0.72..0.81 (relu) and 0.61..0.77 (gelu) over the 10
   // steps: these clip some steps and not others.
   c.max_norm = act == nn::ActivationKind::relu ? 0.765 : 0.68;

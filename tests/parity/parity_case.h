@@ -59,6 +59,24 @@ struct Case {
   std::function<void(nn::Module&, DType master, const std::string& dir, nlohmann::json& extra)> after_training;
 };
 
+/// The trajectory every case trains: 10 AdamW steps (beta1 0.9, eps 1e-8), lr
+/// 1e-2 with 3 warm-up steps, then cosine to 0.1x. A case picks its weight
+/// decay, beta2 and whether biases and norm weights decay (and may change
+/// more after the call).
+inline void adamw_ten_steps(Case& c, double weight_decay, double beta2, bool no_decay_on_bias_and_norm = true) {
+  c.optim.kind = nn::OptimizerKind::adamw;
+  c.optim.weight_decay = weight_decay;
+  c.optim.beta1 = 0.9;
+  c.optim.beta2 = beta2;
+  c.optim.eps = 1e-8;
+  c.optim.no_decay_on_bias_and_norm = no_decay_on_bias_and_norm;
+  c.schedule.type = nn::ScheduleType::cosine;
+  c.schedule.lr = 1e-2;
+  c.schedule.warmup_steps = 3;
+  c.schedule.total_steps = 10;
+  c.schedule.min_lr_ratio = 0.1;
+}
+
 /// Adds a case to the registry (called by KILN_PARITY_CASE at start-up).
 bool register_case(Case c);
 /// Every registered case, in name order.

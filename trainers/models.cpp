@@ -40,6 +40,15 @@ nn::GptOptions gpt_options(const TrainConfig& cfg) {
 
 namespace {
 
+// An image classifier's BuiltModel: the module and its FLOPs per image.
+template <typename M>
+BuiltModel image_model(std::unique_ptr<M> m) {
+  BuiltModel b;
+  b.train_flops_per_example = m->train_flops_per_example();
+  b.module = std::move(m);
+  return b;
+}
+
 nn::MlpOptions mlp_options(const TrainConfig& cfg, const DataShape& shape) {
   const MlpConfig& c = cfg.model.mlp;
   nn::MlpOptions o;
@@ -54,10 +63,7 @@ nn::MlpOptions mlp_options(const TrainConfig& cfg, const DataShape& shape) {
 
 BuiltModel build_mlp(const TrainConfig& cfg, const DataShape& shape, std::shared_ptr<nn::RngStream> rng) {
   auto m = std::make_unique<nn::Mlp>(mlp_options(cfg, shape), std::move(rng));
-  BuiltModel b;
-  b.train_flops_per_example = m->train_flops_per_example();
-  b.module = std::move(m);
-  return b;
+  return image_model(std::move(m));
 }
 
 nn::CnnOptions cnn_options(const TrainConfig& cfg, const DataShape& shape) {
@@ -81,10 +87,7 @@ nn::CnnOptions cnn_options(const TrainConfig& cfg, const DataShape& shape) {
 
 BuiltModel build_cnn(const TrainConfig& cfg, const DataShape& shape, std::shared_ptr<nn::RngStream> rng) {
   auto m = std::make_unique<nn::Cnn>(cnn_options(cfg, shape), std::move(rng));
-  BuiltModel b;
-  b.train_flops_per_example = m->train_flops_per_example();
-  b.module = std::move(m);
-  return b;
+  return image_model(std::move(m));
 }
 
 nn::ResNetOptions resnet_options(const TrainConfig& cfg, const DataShape& shape) {
@@ -104,10 +107,7 @@ nn::ResNetOptions resnet_options(const TrainConfig& cfg, const DataShape& shape)
 
 BuiltModel build_resnet(const TrainConfig& cfg, const DataShape& shape, std::shared_ptr<nn::RngStream>) {
   auto m = std::make_unique<nn::ResNet>(resnet_options(cfg, shape));
-  BuiltModel b;
-  b.train_flops_per_example = m->train_flops_per_example();
-  b.module = std::move(m);
-  return b;
+  return image_model(std::move(m));
 }
 
 BuiltModel build_gpt(const TrainConfig& cfg, const DataShape& shape, std::shared_ptr<nn::RngStream> rng) {
@@ -150,10 +150,7 @@ nn::VitOptions vit_options(const TrainConfig& cfg, const DataShape& shape) {
 
 BuiltModel build_vit(const TrainConfig& cfg, const DataShape& shape, std::shared_ptr<nn::RngStream> rng) {
   auto m = std::make_unique<nn::Vit>(vit_options(cfg, shape), std::move(rng));
-  BuiltModel b;
-  b.train_flops_per_example = m->train_flops_per_example();
-  b.module = std::move(m);
-  return b;
+  return image_model(std::move(m));
 }
 
 // --- size hooks (ModelSpec::size) --------------------------------------------------
